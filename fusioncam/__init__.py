@@ -1,0 +1,1 @@
+"""fusioncam: where a vision-language model looks."""

@@ -1,0 +1,228 @@
+"""Foreign checkpoint layouts → our modules, loaded strictly and without unpickling arbitrary objects.
+
+Each layout is a pure function from the file's state dict to ours (a list of key rewrites plus the keys that
+are known and deliberately unused). Loading is strict both ways: every parameter of the model must be filled
+and every key of the file must be either used or named by the layout's ignore list, so a wrong or truncated
+checkpoint fails loudly instead of leaving random weights behind.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusioncam.models.bert import TextConfig
+from fusioncam.models.blip import BlipITMConfig
+from fusioncam.models.vit import VisionConfig
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the model it is loaded into."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one publisher names the weights of one model family.
+
+    `renames` are (regex, replacement) pairs tried in order on each key (the first match wins, keys that match
+    none are already ours); `ignore` are
+    regexes of keys the publisher ships that this model does not use (momentum encoders, queues, buffers).
+    """
+
+    name: str
+    renames: tuple[tuple[str, str], ...]
+    ignore: tuple[str, ...] = ()
+
+    def convert(self, state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """Rename keys to ours; returns (converted, ignored keys)."""
+        converted: dict[str, torch.Tensor] = {}
+        ignored: list[str] = []
+        for key, value in state_dict.items():
+            if any(re.fullmatch(pattern, key) for pattern in self.ignore):
+                ignored.append(key)
+                continue
+            new_key = key
+            for pattern, replacement in self.renames:
+                new_key, count = re.subn(f"^{pattern}", replacement, key)
+                if count:
+                    break
+            converted[new_key] = value
+        return converted, ignored
+
+
+# BERT's verbose names → ours, shared by every BLIP text tower (the prefix is the tower's name in the file).
+_BERT_RENAMES = (
+    (r"embeddings\.LayerNorm\.", "embeddings.norm."),
+    (r"encoder\.layer\.(\d+)\.attention\.self\.", r"layers.\1.self_attn."),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.self_attn.out."),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"layers.\1.self_attn_norm."),
+    (r"encoder\.layer\.(\d+)\.crossattention\.self\.", r"layers.\1.cross_attn."),
+    (r"encoder\.layer\.(\d+)\.crossattention\.output\.dense\.", r"layers.\1.cross_attn.out."),
+    (r"encoder\.layer\.(\d+)\.crossattention\.output\.LayerNorm\.", r"layers.\1.cross_attn_norm."),
+    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.mlp.fc1."),
+    (r"encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.mlp.fc2."),
+    (r"encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"layers.\1.mlp_norm."),
+)
+
+
+def _prefixed(prefix: str, target: str, renames: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((re.escape(prefix) + pattern, target + replacement) for pattern, replacement in renames)
+
+
+# The ViT of transformers' BLIP port → timm names.
+_HF_VIT_RENAMES = (
+    (r"embeddings\.class_embedding", "cls_token"),
+    (r"embeddings\.position_embedding", "pos_embed"),
+    (r"embeddings\.patch_embedding\.", "patch_embed.proj."),
+    (r"encoder\.layers\.(\d+)\.self_attn\.projection\.", r"blocks.\1.attn.proj."),
+    (r"encoder\.layers\.(\d+)\.self_attn\.qkv\.", r"blocks.\1.attn.qkv."),
+    (r"encoder\.layers\.(\d+)\.layer_norm1\.", r"blocks.\1.norm1."),
+    (r"encoder\.layers\.(\d+)\.layer_norm2\.", r"blocks.\1.norm2."),
+    (r"encoder\.layers\.(\d+)\.mlp\.", r"blocks.\1.mlp."),
+    (r"post_layernorm\.", "norm."),
+)
+
+LAVIS_BLIP_ITM = Layout(
+    name="lavis",
+    renames=(
+        (r"visual_encoder\.", "vision_encoder."),
+        *_prefixed("text_encoder.", "text_encoder.", _BERT_RENAMES),
+    ),
+    ignore=(
+        r"text_encoder\.embeddings\.position_ids",  # a buffer of arange(512), recomputed on the fly
+        r"(visual_encoder|text_encoder|vision_proj|text_proj)_m\..*",  # momentum encoders (training only)
+        r"(image|text|idx)_queue",
+        r"(ptr|queue)_ptr|ptr_queue",
+        r"temp",
+    ),
+)
+
+HF_BLIP_ITM = Layout(
+    name="hf",
+    renames=(
+        *_prefixed("vision_model.", "vision_encoder.", _HF_VIT_RENAMES),
+        *_prefixed("text_encoder.", "text_encoder.", _BERT_RENAMES),
+    ),
+    ignore=(r"text_encoder\.embeddings\.position_ids", r"text_encoder\.pooler\..*"),
+)
+
+BLIP_ITM_LAYOUTS = {layout.name: layout for layout in (LAVIS_BLIP_ITM, HF_BLIP_ITM)}
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file: safetensors, or a torch pickle read with `weights_only=True`.
+
+    Pickles may wrap the state dict as `{"model": ...}` (LAVIS, EfficientSAM) or `{"state_dict": ...}`.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for refused or broken pickles
+        raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint ({error})") from error
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    return obj
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
+    """Bicubically resample a [1, prefix + h·w, D] position embedding to `grid`, keeping prefix tokens.
+
+    The source grid is assumed square, as in every BLIP checkpoint.
+    """
+    prefix, patches = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    side = round(patches.shape[1] ** 0.5)
+    if side * side != patches.shape[1]:
+        raise CheckpointError(f"position embedding of {patches.shape[1]} patches is not a square grid")
+    if (side, side) == tuple(grid):
+        return pos_embed
+    width = patches.shape[-1]
+    patches = patches.reshape(1, side, side, width).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches.float(), size=grid, mode="bicubic", align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], width).to(pos_embed.dtype)
+    return torch.cat([prefix, patches], dim=1)
+
+
+def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """`load_state_dict(strict=True)` with an error that lists what is missing, unexpected or mis-shaped."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mis_shaped = sorted(
+        f"{key}: file {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in set(expected) & set(state_dict)
+        if state_dict[key].shape != expected[key].shape
+    )
+    problems = [
+        (label, keys)
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped))
+        if keys
+    ]
+    if problems:
+        lines = [f"{source} does not fit {type(model).__name__}:"]
+        for label, keys in problems:
+            shown = ", ".join(keys[:8]) + (f", … ({len(keys)} in all)" if len(keys) > 8 else "")
+            lines.append(f"  {label}: {shown}")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_blip_itm_weights(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], layout: str, source: str = "checkpoint"
+) -> list[str]:
+    """Load a LAVIS or Hugging Face BLIP ITM state dict into `BlipITM`; returns the ignored keys.
+
+    The position embedding is resampled when the checkpoint was trained at another resolution.
+    """
+    if layout not in BLIP_ITM_LAYOUTS:
+        raise CheckpointError(f"unknown BLIP ITM layout {layout!r}; known: {', '.join(BLIP_ITM_LAYOUTS)}")
+    converted, ignored = BLIP_ITM_LAYOUTS[layout].convert(state_dict)
+    key = "vision_encoder.pos_embed"
+    if key in converted:
+        converted[key] = resize_pos_embed(converted[key], model.vision_encoder.grid_size)
+    load_strict(model, converted, source)
+    return ignored
+
+
+def lavis_blip_itm_config(
+    vision: Mapping[str, object], text: Mapping[str, object], embed_dim: int, max_txt_len: int
+) -> BlipITMConfig:
+    """Our config from LAVIS's: ViT keyword arguments and a BERT `med_config.json`-style dict."""
+    return BlipITMConfig(
+        vision=VisionConfig(
+            image_size=vision["image_size"],
+            patch_size=vision["patch_size"],
+            width=vision["embed_dim"],
+            depth=vision["depth"],
+            num_heads=vision["num_heads"],
+            mlp_ratio=vision.get("mlp_ratio", 4.0),
+            qkv_bias=vision.get("qkv_bias", True),
+            layer_norm_eps=vision.get("layer_norm_eps", 1e-6),
+        ),
+        text=TextConfig(
+            vocab_size=text["vocab_size"],
+            hidden_size=text["hidden_size"],
+            num_layers=text["num_hidden_layers"],
+            num_heads=text["num_attention_heads"],
+            intermediate_size=text["intermediate_size"],
+            max_position_embeddings=text["max_position_embeddings"],
+            layer_norm_eps=text.get("layer_norm_eps", 1e-12),
+            encoder_width=text["encoder_width"],
+            pad_token_id=text.get("pad_token_id", 0),
+        ),
+        embed_dim=embed_dim,
+        max_txt_len=max_txt_len,
+    )

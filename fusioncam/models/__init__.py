@@ -1,0 +1,1 @@
+"""Model definitions. They know nothing about files, checkpoints layouts or the CLI."""

@@ -1,0 +1,127 @@
+"""BLIP image–text matching: ViT + BERT with cross-attention, ITM and ITC heads.
+
+Two ways to score a pair, as BLIP defines them:
+- ITM: the text (with `[ENC]` in place of `[CLS]`) cross-attends to all image tokens; a linear head on token 0
+  gives [no-match, match] logits.
+- ITC: image class token and text `[CLS]` (text-only mode, no cross-attention) are projected to a shared space;
+  their cosine is the similarity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusioncam.models.bert import TextConfig, TextEncoder, TextEncoderOutput
+from fusioncam.models.vit import VisionConfig, VisionTransformer
+
+
+@dataclass
+class BlipITMConfig:
+    """A whole BLIP ITM model: its two encoders, the ITC projection size and the text length limit."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 256
+    max_txt_len: int = 35
+
+    def __post_init__(self) -> None:
+        if self.text.encoder_width != self.vision.width:
+            raise ValueError(
+                f"text.encoder_width ({self.text.encoder_width}) must equal vision.width ({self.vision.width})"
+            )
+
+    @classmethod
+    def preset(cls, name: str) -> BlipITMConfig:
+        """The official architectures: `base` (ViT-B/16) and `large` (ViT-L/16), both with BERT-base text."""
+        if name == "base":
+            return cls()
+        if name == "large":
+            return cls(
+                vision=VisionConfig(width=1024, depth=24, num_heads=16),
+                text=TextConfig(encoder_width=1024),
+            )
+        raise ValueError(f"unknown BLIP ITM architecture {name!r}: expected 'base' or 'large'")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], base: BlipITMConfig | None = None) -> BlipITMConfig:
+        """Build from nested plain values (a preset's `[config]` table), on top of `base` when given."""
+        return _merge(base or cls(), values)
+
+
+def _merge(config: Any, values: dict[str, Any]) -> Any:
+    """A copy of dataclass `config` with `values` applied recursively; unknown keys are an error."""
+    known = {f.name: f for f in fields(config)}
+    changes = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ValueError(f"unknown {type(config).__name__} field {key!r}; known: {', '.join(known)}")
+        current = getattr(config, key)
+        changes[key] = _merge(current, value) if is_dataclass(current) else value
+    merged = {f.name: getattr(config, f.name) for f in fields(config)} | changes
+    return type(config)(**merged)
+
+
+@dataclass
+class ITMOutput:
+    """ITM logits [B, 2] (column 1 = match) and, when probed, the cross-attention leaf of that block."""
+
+    logits: torch.Tensor
+    cross_attention: torch.Tensor | None = None
+
+    @property
+    def match_probability(self) -> torch.Tensor:
+        return self.logits.softmax(dim=-1)[:, 1]
+
+
+class BlipITM(nn.Module):
+    """BLIP's image–text matching model with both heads."""
+
+    def __init__(self, config: BlipITMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vision_encoder = VisionTransformer(config.vision)
+        self.text_encoder = TextEncoder(config.text)
+        self.vision_proj = nn.Linear(config.vision.width, config.embed_dim)
+        self.text_proj = nn.Linear(config.text.hidden_size, config.embed_dim)
+        self.itm_head = nn.Linear(config.text.hidden_size, 2)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.vision_encoder.grid_size
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalized pixels [B, 3, S, S] → image tokens [B, 1 + N, Dv]."""
+        return self.vision_encoder(pixels)
+
+    def itm(
+        self,
+        image_embeds: torch.Tensor,
+        itm_input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        probe_block: int | None = None,
+    ) -> ITMOutput:
+        """Match logits for ids whose position 0 already holds `[ENC]` (see `BlipTokenizer.for_itm`)."""
+        out: TextEncoderOutput = self.text_encoder(
+            itm_input_ids, attention_mask, image_embeds=image_embeds, probe_block=probe_block
+        )
+        return ITMOutput(self.itm_head(out.last_hidden_state[:, 0]), out.cross_attention)
+
+    def image_features(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Unit-norm ITC features of images [B, embed_dim]."""
+        return F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Unit-norm ITC features of texts [B, embed_dim]; ids keep `[CLS]` first, no cross-attention."""
+        hidden = self.text_encoder(input_ids, attention_mask).last_hidden_state
+        return F.normalize(self.text_proj(hidden[:, 0]), dim=-1)
+
+    def itc_similarity(
+        self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Cosine similarity of every image with every text [B_img, B_txt] (no temperature)."""
+        return self.image_features(image_embeds) @ self.text_features(input_ids, attention_mask).T

@@ -1,0 +1,34 @@
+"""Shared test fixtures: where the read-only ground truth (`../shared`) lives."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_root() -> Path:
+    """`$FUSIONCAM_SHARED_DIR`, else the `shared/` folder beside the checkout (as CI has it)."""
+    return Path(os.environ.get("FUSIONCAM_SHARED_DIR", REPO.parent / "shared"))
+
+
+def reference_root() -> Path:
+    """`$FUSIONCAM_REFERENCE_DIR`, else `shared/fixtures/reference`."""
+    default = shared_root() / "fixtures" / "reference"
+    return Path(os.environ.get("FUSIONCAM_REFERENCE_DIR", default))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    root = shared_root()
+    if not root.is_dir():
+        pytest.fail(f"ground truth not found at {root}: put shared/ beside the checkout or set FUSIONCAM_SHARED_DIR")
+    return root
+
+
+@pytest.fixture(scope="session")
+def dogs_jpg(shared_dir: Path) -> Path:
+    return shared_dir / "fixtures" / "images" / "dogs.jpg"
