@@ -98,7 +98,7 @@ LAVIS_BLIP_ITM = Layout(
         r"text_encoder\.embeddings\.position_ids",  # a buffer of arange(512), recomputed on the fly
         r"(visual_encoder|text_encoder|vision_proj|text_proj)_m\..*",  # momentum encoders (training only)
         r"(image|text|idx)_queue",
-        r"(ptr|queue)_ptr|ptr_queue",
+        r"queue_ptr|ptr_queue",
         r"temp",
     ),
 )
@@ -177,7 +177,9 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source
             shown = ", ".join(keys[:8]) + (f", … ({len(keys)} in all)" if len(keys) > 8 else "")
             lines.append(f"  {label}: {shown}")
         raise CheckpointError("\n".join(lines))
-    model.load_state_dict(state_dict, strict=True)
+    # A model built on the meta device (no memory, no random init) takes the checkpoint's tensors as they are.
+    on_meta = any(param.is_meta for param in model.parameters())
+    model.load_state_dict(state_dict, strict=True, assign=on_meta)
 
 
 def load_blip_itm_weights(
@@ -224,5 +226,38 @@ def lavis_blip_itm_config(
             pad_token_id=text.get("pad_token_id", 0),
         ),
         embed_dim=embed_dim,
+        max_txt_len=max_txt_len,
+    )
+
+
+def hf_blip_itm_config(config: Mapping[str, Mapping[str, object]], max_txt_len: int = 35) -> BlipITMConfig:
+    """Our config from a Hugging Face `BlipConfig` dict (`config.json`), keeping its own LayerNorm eps.
+
+    transformers' vision tower defaults to eps 1e-5 (LAVIS: 1e-6); the value the file says is the one its
+    weights were converted for, so it is taken as is.
+    """
+    vision, text = config["vision_config"], config["text_config"]
+    return BlipITMConfig(
+        vision=VisionConfig(
+            image_size=vision.get("image_size", 384),
+            patch_size=vision.get("patch_size", 16),
+            width=vision["hidden_size"],
+            depth=vision["num_hidden_layers"],
+            num_heads=vision["num_attention_heads"],
+            mlp_ratio=vision["intermediate_size"] / vision["hidden_size"],
+            layer_norm_eps=vision.get("layer_norm_eps", 1e-5),
+        ),
+        text=TextConfig(
+            vocab_size=text["vocab_size"],
+            hidden_size=text["hidden_size"],
+            num_layers=text["num_hidden_layers"],
+            num_heads=text["num_attention_heads"],
+            intermediate_size=text["intermediate_size"],
+            max_position_embeddings=text.get("max_position_embeddings", 512),
+            layer_norm_eps=text.get("layer_norm_eps", 1e-12),
+            encoder_width=text.get("encoder_hidden_size", vision["hidden_size"]),
+            pad_token_id=text.get("pad_token_id", 0),
+        ),
+        embed_dim=config.get("image_text_hidden_size", 256),
         max_txt_len=max_txt_len,
     )
