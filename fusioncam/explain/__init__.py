@@ -1,0 +1,1 @@
+"""Explanations: Grad-CAM maps and the pictures drawn from them."""

@@ -1,0 +1,193 @@
+"""`fusioncam heatmap` / `score` / `weights` end to end on a tiny random-weight preset written by the test.
+
+The preset points at the tiny LAVIS-layout BLIP of the reference fixtures (random weights, 24×24 grid), so
+every run goes through the real loaders, tokenizer, preprocessing, Grad-CAM and writers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import reference_root
+from typer.testing import CliRunner
+
+import fusioncam
+from fusioncam.cli import app
+
+TINY_PRESET = """\
+kind = "blip-itm"
+layout = "lavis"
+description = "tiny random-weight BLIP ITM for tests"
+license = "BSD-3-Clause"
+
+[config]
+embed_dim = 16
+max_txt_len = 10
+
+[config.vision]
+image_size = 384
+width = 32
+depth = 2
+num_heads = 4
+
+[config.text]
+vocab_size = 144
+hidden_size = 48
+num_layers = 3
+num_heads = 12
+intermediate_size = 96
+max_position_embeddings = 64
+encoder_width = 32
+
+[files.checkpoint]
+path = "{case}/weights.safetensors"
+
+[files.vocab]
+path = "{case}/vocab.txt"
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_preset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("preset") / "tiny-blip.toml"
+    path.write_text(TINY_PRESET.format(case=reference_root() / "blip_itm_gradcam"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory, dogs_jpg: Path) -> Path:
+    """A folder with the real photo, a small PNG in a subfolder, and one corrupt JPEG."""
+    folder = tmp_path_factory.mktemp("photos")
+    shutil.copy(dogs_jpg, folder / "dogs.jpg")
+    (folder / "sub").mkdir()
+    gradient = np.tile(np.linspace(0, 255, 120, dtype=np.uint8)[None, :, None], (80, 1, 3))
+    cv2.imwrite(str(folder / "sub" / "gradient.png"), gradient)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a whole jpeg")
+    return folder
+
+
+def run(*args: str, stdin: str | None = None):
+    return CliRunner().invoke(app, [str(arg) for arg in args], input=stdin)
+
+
+def test_heatmap_of_one_file_matches_the_library(tiny_preset: Path, dogs_jpg: Path, tmp_path: Path) -> None:
+    args = ["--model", tiny_preset, "--out", tmp_path, "--device", "cpu", "--block", "2"]
+    result = run("heatmap", dogs_jpg, "A dog running!", *args)
+    assert result.exit_code == 0, result.stderr
+
+    records = sorted(tmp_path.glob("*.json"))
+    assert len(records) == 1
+    record = json.loads(records[0].read_text())
+    assert record["text"] == "A dog running!" and record["cleaned_text"] == "a dog running"
+    assert record["model"] == "tiny-blip" and record["block"] == 2
+    image = cv2.imread(str(dogs_jpg))
+    overlay = cv2.imread(record["outputs"]["overlay"])
+    assert overlay.shape == image.shape
+    assert 0 <= record["peak"]["x"] < image.shape[1] and 0 <= record["peak"]["y"] < image.shape[0]
+
+    raw = np.load(record["outputs"]["heatmap"])
+    assert raw.dtype == np.float32 and raw.shape == (24, 24)
+    matcher = fusioncam.load(str(tiny_preset), device="cpu")
+    expected = matcher.heatmap(fusioncam.load_image(dogs_jpg), "A dog running!", block=2)
+    np.testing.assert_allclose(raw, expected.heatmap, rtol=1e-5, atol=1e-12)
+    assert record["itm_score"] == pytest.approx(expected.itm_score, rel=1e-5)
+    assert record["itc_score"] == pytest.approx(expected.itc_score, rel=1e-5, abs=1e-6)
+
+
+def test_folder_with_a_corrupt_image_names_it_and_does_the_rest(
+    tiny_preset: Path, photos: Path, tmp_path: Path
+) -> None:
+    result = run("heatmap", photos, "a dog", "--recursive", "--model", tiny_preset, "--out", tmp_path, "--block", "1")
+    assert result.exit_code == 1
+    assert "broken.jpg" in result.stderr
+    assert (tmp_path / "dogs__a-dog.overlay.png").is_file()
+    assert (tmp_path / "sub" / "gradient__a-dog.overlay.png").is_file()
+    assert cv2.imread(str(tmp_path / "sub" / "gradient__a-dog.overlay.png")).shape == (80, 120, 3)
+    assert len(list(tmp_path.rglob("*.json"))) == 2
+
+
+def test_stdin_jsonl_gives_exactly_one_json_record_per_pair(tiny_preset: Path, photos: Path, tmp_path: Path) -> None:
+    lines = [
+        {"image": str(photos / "dogs.jpg"), "text": "two dogs"},
+        {"image": str(photos / "sub" / "gradient.png"), "text": "a wall"},
+        {"image": str(photos / "dogs.jpg"), "text": "the beach"},
+        {"image": str(photos / "broken.jpg"), "text": "a dog"},
+    ]
+    stdin = "\n".join(json.dumps(line) for line in lines) + "\nnot json\n"
+    args = ["--jsonl", "--model", tiny_preset, "--out", tmp_path, "--batch-size", "3", "--block", "0"]
+    result = run("heatmap", "-", *args, stdin=stdin)
+    assert result.exit_code == 1
+    out = [json.loads(line) for line in result.stdout.splitlines()]  # every stdout line is JSON
+    assert len(out) == 5
+    ok = [record for record in out if "error" not in record]
+    assert [record["text"] for record in ok] == ["two dogs", "a wall", "the beach"]
+    assert all(Path(path).is_file() for record in ok for path in record["outputs"].values())
+    errors = [record for record in out if "error" in record]
+    assert {record["origin"] for record in errors} == {"stdin:4", "stdin:5"}
+
+
+def test_per_word_maps_and_contact_sheet(tiny_preset: Path, dogs_jpg: Path, tmp_path: Path) -> None:
+    result = run(
+        "heatmap",
+        dogs_jpg,
+        "two kites",
+        "--per-word",
+        "--jsonl",
+        "--model",
+        tiny_preset,
+        "--out",
+        tmp_path,
+        "--block",
+        "1",
+    )
+    assert result.exit_code == 0, result.stderr
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [word["word"] for word in record["words"]] == ["two", "kites"]  # "kite" + "##s" as one word
+    sheet = cv2.imread(record["outputs"]["words"])
+    assert sheet is not None and sheet.shape[1] >= 3 * 64  # sentence + two words side by side
+
+
+def test_score_table_and_jsonl(tiny_preset: Path, dogs_jpg: Path) -> None:
+    result = run("score", dogs_jpg, "a dog", "a little cat", "--model", tiny_preset, "--jsonl")
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [record["text"] for record in records] == ["a dog", "a little cat"]
+    matcher = fusioncam.load(str(tiny_preset), device="cpu")
+    scores = matcher.score(fusioncam.load_image(dogs_jpg), ["a dog", "a little cat"])
+    assert [r["itm_score"] for r in records] == pytest.approx([s.itm_score for s in scores], rel=1e-5)
+    table = run("score", dogs_jpg, "a dog", "--model", tiny_preset)
+    assert table.exit_code == 0 and "a dog" in table.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["heatmap", "no-such-file.jpg", "a dog"],
+        ["heatmap", "{dogs}"],
+        ["heatmap", "{dogs}", "a dog", "--block", "7"],
+        ["heatmap", "{dogs}", "a dog", "--colormap", "rainbowish"],
+        ["heatmap", "{dogs}", "a dog", "--model", "blip-itm-bse"],
+        ["score", "{dogs}", "..."],
+    ],
+)
+def test_usage_errors_exit_2(tiny_preset: Path, dogs_jpg: Path, args: list[str]) -> None:
+    args = [arg.replace("{dogs}", str(dogs_jpg)) for arg in args]
+    if "--model" not in args:
+        args += ["--model", str(tiny_preset)]
+    result = run(*args)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert "error" in result.stderr.lower()
+
+
+def test_weights_list_and_path(tiny_preset: Path) -> None:
+    listing = run("weights", "list", "--jsonl")
+    assert listing.exit_code == 0
+    names = {json.loads(line)["name"] for line in listing.stdout.splitlines()}
+    assert {"blip-itm-base", "blip-itm-large"} <= names
+    path = run("weights", "path", str(tiny_preset), "--role", "vocab")
+    assert path.exit_code == 0 and path.stdout.strip().endswith("vocab.txt")

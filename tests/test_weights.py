@@ -1,0 +1,415 @@
+"""Presets, cache and downloads, against a real HTTP server on 127.0.0.1 (nothing here reaches the internet)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import re
+import socket
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+
+from fusioncam.weights import (
+    ChecksumError,
+    DownloadError,
+    PresetError,
+    UnknownPresetError,
+    VerifyStatus,
+    WeightsMissingError,
+    get_preset,
+    load_registry,
+    preset_paths,
+    pull,
+    resolve_file,
+    verify,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CONTENT = random.Random(0).randbytes(3 * (1 << 20) + 12345)  # several download chunks, not a whole number
+DIGEST = hashlib.sha256(CONTENT).hexdigest()
+
+
+@dataclass
+class ServerState:
+    """What the handler serves, how it misbehaves, and what it was asked."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    cut_after: int | None = None  # close the connection after this many body bytes, once
+    corrupt: bool = False  # flip one byte of every body
+    ignore_range: bool = False  # answer 200 with the whole file even when asked for a range
+    delay_s: float = 0.0  # wait before sending the body, so that concurrent clients overlap
+    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        state: ServerState = self.server.state  # type: ignore[attr-defined]
+        state.requests.append((self.path, self.headers.get("Range")))
+        if self.path not in state.files:
+            self.send_error(404)
+            return
+        body = state.files[self.path]
+        if state.corrupt:
+            body = bytes([body[0] ^ 0xFF]) + body[1:]
+        start = 0
+        requested = self.headers.get("Range")
+        if requested and not state.ignore_range:
+            start = int(requested.removeprefix("bytes=").split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        payload = body[start:]
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        time.sleep(state.delay_s)
+        if state.cut_after is not None:
+            payload, state.cut_after = payload[: state.cut_after], None
+            self.wfile.write(payload)
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:  # keep test output clean
+        pass
+
+
+@dataclass
+class Server:
+    state: ServerState
+    url: str
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.state = ServerState(files={"/model.bin": CONTENT})  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    try:
+        yield Server(httpd.state, f"http://127.0.0.1:{httpd.server_address[1]}")  # type: ignore[attr-defined]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private fusioncam cache and HF cache, downloads allowed, the bundled registry."""
+    for variable in ("FUSIONCAM_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "FUSIONCAM_WEIGHTS_TOML"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("FUSIONCAM_HOME", str(tmp_path / "cache"))
+    # huggingface_hub reads HF_HUB_CACHE once at import; its functions look the constant up at call time.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "cache"
+
+
+def write_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_table: str) -> None:
+    """A registry with one preset, `tiny`, whose checkpoint is described by `file_table`."""
+    registry = tmp_path / "weights.toml"
+    registry.write_text(f'[tiny]\nkind = "blip-itm"\nlayout = "lavis"\n[tiny.files.checkpoint]\n{file_table}\n')
+    monkeypatch.setenv("FUSIONCAM_WEIGHTS_TOML", str(registry))
+
+
+# --- registry ---------------------------------------------------------------------------------------------------
+
+
+def test_bundled_registry_declares_every_preset_with_one_source_per_file() -> None:
+    registry = load_registry()
+    assert set(registry) >= {
+        "blip-itm-base",
+        "blip-itm-large",
+        "blip-itm-base-coco-hf",
+        "blip-itm-large-coco-hf",
+        "blip-caption-large",
+        "efficient-sam-vitt",
+        "efficient-sam-vits",
+        "unifiedqa-v2-t5-base",
+        "unifiedqa-v2-t5-large",
+        "unifiedqa-v2-t5-3b",
+    }
+    assert registry["example-image"].files["image"].url  # the picture `make demo` explains
+    for preset in (preset for preset in registry.values() if preset.kind != "image"):
+        assert preset.license and preset.description and preset.architecture
+        assert "checkpoint" in preset.files
+        for spec in preset.files.values():
+            assert [spec.url, spec.hf_repo, spec.path].count(None) == 2, (preset.name, spec.role)
+        if preset.kind.startswith("blip"):
+            assert preset.files["vocab"].hf_repo == "bert-base-uncased"
+            assert preset.preprocess["image_size"] == 384
+    assert registry["blip-itm-base"].files["checkpoint"].url == (
+        "https://storage.googleapis.com/sfr-vision-language-research/BLIP/models/model_base_retrieval_coco.pth"
+    )
+    assert registry["blip-itm-base-coco-hf"].config == {"vision": {"layer_norm_eps": 1e-5}}
+    assert registry["efficient-sam-vits"].files["checkpoint"].member == "efficient_sam_vits.pt"
+
+
+def test_packaged_registry_is_the_top_level_file() -> None:
+    assert (REPO / "fusioncam" / "weights.toml").resolve() == (REPO / "weights.toml").resolve()
+
+
+@pytest.mark.parametrize(
+    ("file_table", "complaint"),
+    [
+        ('url = "http://x/a.bin"\npath = "a.bin"', "exactly one source"),
+        ('sha256 = ""', "exactly one source"),
+        ('hf_repo = "org/name"', "needs hf_filename"),
+        ('url = "http://x/a.bin"\nrevision = "main"', "belong to an hf_repo"),
+        ('url = "http://x/a.bin"\nsha256 = "abc"', "64 hex digits"),
+        ('url = "http://x/a.bin"\nsize = -1', "whole number"),
+        ('url = "http://x/a.bin"\nsha = "0"', "unknown key(s) sha"),
+    ],
+)
+def test_malformed_file_entries_are_rejected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_table: str, complaint: str
+) -> None:
+    write_registry(tmp_path, monkeypatch, file_table)
+    with pytest.raises(PresetError, match=re.escape(complaint)):
+        load_registry()
+
+
+def test_unknown_name_suggests_the_closest_preset() -> None:
+    with pytest.raises(UnknownPresetError, match="Did you mean 'blip-itm-base'") as raised:
+        get_preset("blip-itm-bas")
+    assert "unifiedqa-v2-t5-base" in str(raised.value)
+
+
+def test_user_preset_file_resolves_relative_paths_and_extends_a_preset(tmp_path: Path) -> None:
+    folder = tmp_path / "finetune"
+    (folder / "ckpt").mkdir(parents=True)
+    (folder / "ckpt" / "model.pth").write_bytes(b"weights")
+    preset_file = folder / "my-blip.toml"
+    preset_file.write_text(
+        'extends = "blip-itm-base"\ndescription = "my fine-tune"\n'
+        "[config.vision]\nlayer_norm_eps = 1e-5\n"
+        '[files.checkpoint]\npath = "ckpt/model.pth"\n'
+    )
+
+    preset = get_preset(str(preset_file))
+
+    assert (preset.name, preset.kind, preset.layout, preset.description) == (
+        "my-blip",
+        "blip-itm",
+        "lavis",
+        "my fine-tune",
+    )
+    assert preset.config == {"vision": {"layer_norm_eps": 1e-5}}
+    assert preset.preprocess == get_preset("blip-itm-base").preprocess
+    assert preset.files["vocab"] == get_preset("blip-itm-base").files["vocab"]
+    assert resolve_file(preset, "checkpoint") == folder / "ckpt" / "model.pth"
+    assert verify(preset)[0].status is VerifyStatus.UNRECORDED
+
+
+def test_standalone_preset_file_with_a_missing_path(tmp_path: Path) -> None:
+    preset_file = tmp_path / "sam.toml"
+    preset_file.write_text(
+        'kind = "efficient-sam"\narchitecture = "vitt"\nlayout = "efficient-sam"\n'
+        '[files.checkpoint]\npath = "absent.pt"\n'
+    )
+    with pytest.raises(WeightsMissingError, match=str(tmp_path / "absent.pt")):
+        resolve_file(str(preset_file), "checkpoint")
+
+
+# --- downloads --------------------------------------------------------------------------------------------------
+
+
+def test_first_download_records_the_digest_and_verify_uses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server, isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_registry(tmp_path, monkeypatch, f'url = "{server.url}/model.bin"\nsha256 = ""')
+
+    path = resolve_file("tiny", "checkpoint")  # with the progress bar, on stderr
+
+    assert path == isolated / "tiny" / "model.bin"
+    assert path.read_bytes() == CONTENT
+    assert f"recorded sha256 {DIGEST}" in capsys.readouterr().err
+    assert (isolated / "tiny" / "model.bin.sha256").read_text().split() == [DIGEST, "model.bin"]
+    assert resolve_file("tiny", "checkpoint") == path and len(server.state.requests) == 1  # cached now
+
+    [result] = verify("tiny")
+    assert (result.status, result.expected, result.digest_source) == (VerifyStatus.OK, DIGEST, "recorded")
+
+    flipped = bytearray(CONTENT)
+    flipped[1000] ^= 1
+    path.write_bytes(bytes(flipped))
+    [result] = verify("tiny")
+    assert result.status is VerifyStatus.MISMATCH and result.actual != DIGEST
+
+
+def test_a_dropped_connection_is_resumed_with_a_range_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server
+) -> None:
+    write_registry(tmp_path, monkeypatch, f'url = "{server.url}/model.bin"\nsha256 = "{DIGEST}"\nsize = {len(CONTENT)}')
+    cut = (1 << 20) + 4321
+    server.state.cut_after = cut
+
+    path = resolve_file("tiny", "checkpoint", progress=False)
+
+    assert server.state.requests == [("/model.bin", None), ("/model.bin", f"bytes={cut}-")]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == DIGEST
+    assert not path.with_name("model.bin.part").exists()
+    assert verify("tiny")[0].digest_source == "preset"
+
+
+def test_a_partial_file_from_an_earlier_run_is_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server, isolated: Path
+) -> None:
+    write_registry(tmp_path, monkeypatch, f'url = "{server.url}/model.bin"\nsha256 = "{DIGEST}"')
+    (isolated / "tiny").mkdir(parents=True)
+    (isolated / "tiny" / "model.bin.part").write_bytes(CONTENT[:777])
+
+    assert resolve_file("tiny", "checkpoint", progress=False).read_bytes() == CONTENT
+    assert server.state.requests == [("/model.bin", "bytes=777-")]
+
+
+def test_a_server_that_ignores_range_restarts_from_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server, isolated: Path
+) -> None:
+    write_registry(tmp_path, monkeypatch, f'url = "{server.url}/model.bin"\nsha256 = "{DIGEST}"')
+    (isolated / "tiny").mkdir(parents=True)
+    (isolated / "tiny" / "model.bin.part").write_bytes(b"stale bytes of another file")
+    server.state.ignore_range = True
+
+    assert resolve_file("tiny", "checkpoint", progress=False).read_bytes() == CONTENT
+
+
+def test_corrupt_content_raises_and_leaves_nothing_in_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server, isolated: Path
+) -> None:
+    write_registry(tmp_path, monkeypatch, f'url = "{server.url}/model.bin"\nsha256 = "{DIGEST}"')
+    server.state.corrupt = True
+
+    with pytest.raises(ChecksumError, match=DIGEST):
+        resolve_file("tiny", "checkpoint", progress=False)
+
+    leftovers = {path.name for path in (isolated / "tiny").iterdir()}
+    assert leftovers <= {"model.bin.lock"}  # no file, no .part, no recorded digest
+
+
+def test_concurrent_first_use_downloads_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server) -> None:
+    write_registry(tmp_path, monkeypatch, f'url = "{server.url}/model.bin"\nsha256 = "{DIGEST}"')
+    server.state.delay_s = 0.2
+    results: list[Path] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(resolve_file("tiny", "checkpoint", progress=False)))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(results) == 2 and results[0] == results[1] and results[0].read_bytes() == CONTENT
+    assert len(server.state.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("variable", "download"), [("FUSIONCAM_OFFLINE", True), ("HF_HUB_OFFLINE", True), (None, False)]
+)
+def test_offline_fails_fast_and_says_where_to_put_the_file(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    server: Server,
+    isolated: Path,
+    variable: str | None,
+    download: bool,
+) -> None:
+    write_registry(tmp_path, monkeypatch, f'url = "{server.url}/model.bin"')
+    if variable:
+        monkeypatch.setenv(variable, "1")
+
+    with pytest.raises(WeightsMissingError) as raised:
+        resolve_file("tiny", "checkpoint", download=download)
+
+    message = str(raised.value)
+    assert str(isolated / "tiny" / "model.bin") in message
+    assert f"{server.url}/model.bin" in message and 'extends = "tiny"' in message
+    assert server.state.requests == []
+
+
+def test_http_errors_name_the_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server) -> None:
+    write_registry(tmp_path, monkeypatch, f'url = "{server.url}/gone.bin"')
+    with pytest.raises(DownloadError, match=f"{server.url}/gone.bin: HTTP 404"):
+        resolve_file("tiny", "checkpoint", progress=False)
+
+
+def test_unreachable_host_is_a_download_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago: connection refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    write_registry(tmp_path, monkeypatch, f'url = "http://127.0.0.1:{port}/model.bin"')
+    with pytest.raises(DownloadError, match="cannot reach"):
+        resolve_file("tiny", "checkpoint", progress=False)
+
+
+def test_archive_member_is_extracted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server, isolated: Path
+) -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("inner.pt", b"tensor bytes")
+    server.state.files["/weights.pt.zip"] = archive.getvalue()
+    write_registry(tmp_path, monkeypatch, f'url = "{server.url}/weights.pt.zip"\nmember = "inner.pt"')
+
+    assert pull("tiny", progress=False) == {"checkpoint": isolated / "tiny" / "inner.pt"}
+    assert (isolated / "tiny" / "inner.pt").read_bytes() == b"tensor bytes"
+    assert preset_paths("tiny") == {"checkpoint": isolated / "tiny" / "inner.pt"}
+    monkeypatch.setenv("FUSIONCAM_OFFLINE", "1")
+    assert resolve_file("tiny", "checkpoint") == isolated / "tiny" / "inner.pt"
+    assert verify("tiny")[0].status is VerifyStatus.OK
+    assert len(server.state.requests) == 1
+
+
+# --- Hugging Face cache -----------------------------------------------------------------------------------------
+
+
+def add_to_hf_cache(root: Path, repo: str, filename: str, content: bytes, blob: str) -> Path:
+    """Lay a file out the way huggingface_hub caches it: blobs named by digest, a snapshot per commit."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "blobs").mkdir(parents=True)
+    (folder / "blobs" / blob).write_bytes(content)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    snapshot = folder / "snapshots" / commit / filename
+    snapshot.symlink_to(Path("..", "..", "blobs", blob))
+    return snapshot
+
+
+def test_hub_files_come_from_the_hf_cache_offline_and_verify_against_the_hub_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vocab = b"[PAD]\n[UNK]\n"
+    git_sha1 = hashlib.sha1(b"blob %d\0" % len(vocab) + vocab).hexdigest()
+    snapshot = add_to_hf_cache(tmp_path / "hf", "org/tiny", "vocab.txt", vocab, git_sha1)
+    weights_snapshot = add_to_hf_cache(tmp_path / "hf", "org/tiny-weights", "model.safetensors", CONTENT, DIGEST)
+    write_registry(tmp_path, monkeypatch, 'hf_repo = "org/tiny-weights"\nhf_filename = "model.safetensors"')
+    with (tmp_path / "weights.toml").open("a") as registry:
+        registry.write('[tiny.files.vocab]\nhf_repo = "org/tiny"\nhf_filename = "vocab.txt"\n')
+        registry.write('[tiny.files.merges]\nhf_repo = "org/tiny"\nhf_filename = "merges.txt"\n')
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    assert resolve_file("tiny", "vocab") == snapshot
+    assert resolve_file("tiny", "checkpoint") == weights_snapshot
+    with pytest.raises(WeightsMissingError, match=re.escape("hf download org/tiny merges.txt")):
+        resolve_file("tiny", "merges")
+
+    results = {result.role: result for result in verify("tiny")}
+    assert (results["checkpoint"].status, results["checkpoint"].digest_source) == (VerifyStatus.OK, "hub")
+    assert (results["vocab"].status, results["vocab"].digest_source) == (VerifyStatus.OK, "hub (git sha1)")
+    assert results["merges"].status is VerifyStatus.MISSING
+    snapshot.resolve().write_bytes(b"[PAD]\n[UNK]\n[CLS]\n")
+    assert verify("tiny")[1].status is VerifyStatus.MISMATCH
