@@ -1,0 +1,27 @@
+"""One reference case directory of `shared/fixtures/reference`, and the tolerance check every kind uses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+
+class Case:
+    """One reference case directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.config = json.loads((path / "config.json").read_text())
+        self.meta = json.loads((path / "cases.json").read_text())
+        self.inputs = load_file(path / "inputs.safetensors") if (path / "inputs.safetensors").exists() else {}
+        self.outputs = load_file(path / "outputs.safetensors") if (path / "outputs.safetensors").exists() else {}
+
+    def check(self, name: str, actual: torch.Tensor) -> None:
+        expected = self.outputs[name]
+        atol = self.config["suggested_atol"][name]
+        assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+        error = (actual.float() - expected.float()).abs().max().item()
+        assert error <= atol, f"{name}: max abs error {error:.3g} > atol {atol:.3g}"
