@@ -19,9 +19,10 @@ class Case:
         self.inputs = load_file(path / "inputs.safetensors") if (path / "inputs.safetensors").exists() else {}
         self.outputs = load_file(path / "outputs.safetensors") if (path / "outputs.safetensors").exists() else {}
 
-    def check(self, name: str, actual: torch.Tensor) -> None:
+    def check(self, name: str, actual: torch.Tensor, atol: float | None = None) -> None:
+        """Max abs error of output `name` within `atol` (default: the case's `suggested_atol[name]`)."""
         expected = self.outputs[name]
-        atol = self.config["suggested_atol"][name]
+        atol = self.config["suggested_atol"][name] if atol is None else atol
         assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
         error = (actual.float() - expected.float()).abs().max().item()
         assert error <= atol, f"{name}: max abs error {error:.3g} > atol {atol:.3g}"
