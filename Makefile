@@ -7,6 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 IMG ?=
 MODEL ?= blip-itm-base
 TEXT ?= two cats lying on a couch
+BLOCK ?= 6
 
 .PHONY: install test lint demo clean
 
@@ -36,7 +37,7 @@ lint: install
 demo: install
 	@img="$(IMG)"; \
 	if [ -z "$$img" ]; then img=$$($(BIN)/fusioncam example-image); fi; \
-	$(BIN)/fusioncam heatmap "$$img" "$(TEXT)" --model $(MODEL) --out demo-out --per-word
+	$(BIN)/fusioncam heatmap "$$img" "$(TEXT)" --model $(MODEL) --block $(BLOCK) --out demo-out --per-word
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -165,7 +165,14 @@ def heatmap(
     if colormap not in COLORMAPS:
         raise usage_error(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
     inputs = heatmap_inputs(image, text or [], pairs, recursive)
-    first = next(inputs, None)  # surface usage errors before loading a model
+    # Files and folders are listed up front (usage errors surface before a model loads, and the progress bar
+    # gets a total); stdin is streamed, since a pipeline's upstream may still be writing.
+    total = None
+    if image != "-":
+        inputs = list(inputs)
+        total = len(inputs)
+        inputs = iter(inputs)
+    first = next(inputs, None)
     if first is None:
         raise usage_error(f"nothing to do: no images found in {image}" if image else "no records in --pairs")
     matcher = load_matcher(model, device)
@@ -186,7 +193,7 @@ def heatmap(
         yield from inputs
 
     with progress_bar(quiet) as progress:
-        task = progress.add_task("heatmaps", total=None)
+        task = progress.add_task("heatmaps", total=total)
         for chunk in batched(all_inputs(), batch_size):
             for failure in (item for item in chunk if isinstance(item, Failure)):
                 report_failure(failure)
@@ -206,7 +213,8 @@ def heatmap(
             progress.advance(task, len(chunk))
 
     if not jsonl and records:
-        table = Table("image", "text", "ITM", "ITC", "peak (x, y)", "overlay")
+        table = Table("image", "text", "ITM", "ITC", "peak (x, y)")
+        table.add_column("overlay", overflow="fold")
         for record in records:
             peak = record["peak"]
             table.add_row(
