@@ -9,6 +9,8 @@ checkpoint fails loudly instead of leaving random weights behind.
 from __future__ import annotations
 
 import re
+import tempfile
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from torch import nn
 
 from fusioncam.models.bert import TextConfig
 from fusioncam.models.blip import BlipITMConfig
+from fusioncam.models.efficient_sam import EfficientSamConfig, ImageEncoderConfig, MaskDecoderConfig
 from fusioncam.models.vit import VisionConfig
 
 
@@ -118,13 +121,16 @@ BLIP_ITM_LAYOUTS = {layout.name: layout for layout in (LAVIS_BLIP_ITM, HF_BLIP_I
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file: safetensors, or a torch pickle read with `weights_only=True`.
 
-    Pickles may wrap the state dict as `{"model": ...}` (LAVIS, EfficientSAM) or `{"state_dict": ...}`.
+    Pickles may wrap the state dict as `{"model": ...}` (LAVIS, EfficientSAM) or `{"state_dict": ...}`. A `.zip`
+    archive holding one such file (EfficientSAM ViT-S is published that way) is read through that file.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
+    if path.suffix == ".zip":
+        return _read_zipped_state_dict(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for refused or broken pickles
@@ -136,6 +142,30 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
+
+
+def _read_zipped_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of the one checkpoint file inside a zip archive, unpacked to a temporary folder.
+
+    Folders and macOS metadata (`__MACOSX/`, `._*` files) are skipped; any other second file makes the archive
+    ambiguous, which is an error rather than a guess.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [
+                info
+                for info in archive.infolist()
+                if not info.is_dir()
+                and not info.filename.startswith("__MACOSX/")
+                and not Path(info.filename).name.startswith("._")
+            ]
+            if len(members) != 1:
+                names = ", ".join(info.filename for info in members) or "nothing"
+                raise CheckpointError(f"{path}: expected one checkpoint file in the archive, found {names}")
+            with tempfile.TemporaryDirectory(prefix="fusioncam-") as folder:
+                return read_state_dict(archive.extract(members[0], folder))
+    except zipfile.BadZipFile as error:
+        raise CheckpointError(f"{path}: not a valid zip archive ({error})") from error
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
@@ -261,3 +291,135 @@ def hf_blip_itm_config(config: Mapping[str, Mapping[str, object]], max_txt_len: 
         embed_dim=config.get("image_text_hidden_size", 256),
         max_txt_len=max_txt_len,
     )
+
+
+# DIFNet's `DifnetEncoder` state dict (mrwu-mac/DIFNet) → `fusioncam.models.difnet.DifnetEncoder`.
+_DIFNET_RENAMES = (
+    (r"layers\.(\d+)\.mhatt\.attention\.fc_q\.", r"layers.\1.attn.query."),
+    (r"layers\.(\d+)\.mhatt\.attention\.fc_k\.", r"layers.\1.attn.key."),
+    (r"layers\.(\d+)\.mhatt\.attention\.fc_v\.", r"layers.\1.attn.value."),
+    (r"layers\.(\d+)\.mhatt\.attention\.fc_o\.", r"layers.\1.attn.out."),
+    (r"layers\.(\d+)\.mhatt\.layer_norm\.", r"layers.\1.attn_norm."),
+    (r"layers\.(\d+)\.lnorm\.", r"layers.\1.skip_norms.0."),
+    (r"layers\.(\d+)\.lnorm1\.", r"layers.\1.skip_norms.1."),
+    (r"layers\.(\d+)\.pwff\.fc([12])\.", r"layers.\1.ffn.fc\2."),
+    (r"layers\.(\d+)\.pwff\.layer_norm\.", r"layers.\1.ffn_norms.0."),
+    (r"layers\.(\d+)\.pwff\.layer_norm1\.", r"layers.\1.ffn_norms.1."),
+)
+
+
+def difnet_encoder_layout(fusion_layer: int, num_layers: int) -> Layout:
+    """The original DIFNet encoder's names for a model that sums its streams at layer `fusion_layer` (its `Lf`).
+
+    The original holds LayerNorms its forward never reads, and ours does not have them, so their keys are ignored:
+    the attention block's pixel norm in every layer (the block is never told the stream) and the pixel norms of
+    the layers from the merge on (they only see the fused stream, which uses the grid norms).
+    """
+    merged = "|".join(str(index) for index in range(fusion_layer, num_layers))
+    return Layout(
+        name="difnet",
+        renames=_DIFNET_RENAMES,
+        ignore=(
+            r"layers\.\d+\.mhatt\.layer_norm1\.(weight|bias)",
+            rf"layers\.({merged})\.(lnorm1|pwff\.layer_norm1)\.(weight|bias)",
+        ),
+    )
+
+
+def load_difnet_encoder_weights(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> list[str]:
+    """Load an original `DifnetEncoder` state dict into our `DifnetEncoder`; returns the ignored (unused) keys."""
+    layout = difnet_encoder_layout(model.config.Lf, model.config.N)
+    converted, ignored = layout.convert(state_dict)
+    load_strict(model, converted, source)
+    return ignored
+
+
+# EfficientSAM (yformer/EfficientSAM): our modules keep the original names, so there is no Layout to apply.
+def load_efficient_sam_weights(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> None:
+    """Load an official EfficientSAM state dict (`torch.load(f)["model"]`) strictly.
+
+    Our modules keep the original parameter names, so the layout conversion is the identity; `model` may also be
+    one part (e.g. the image encoder) with a state dict of that part's keys. The position embedding stays at its
+    pre-training grid: the model resamples it on every call, as the original does.
+    """
+    load_strict(model, state_dict, source)
+
+
+def efficient_sam_config(architecture: Mapping[str, object]) -> EfficientSamConfig:
+    """Our config from the names of the original `build_efficient_sam`; absent names take its constants.
+
+    The original's `encoder_neck_dims` sizes both neck convolutions by its first entry and declares the last as the
+    output width, so the entries must agree; only GELU was ever released.
+    """
+    official = EfficientSamConfig()
+    encoder, decoder = official.encoder, official.decoder
+    neck_dims = list(architecture.get("encoder_neck_dims", [encoder.neck_dim]))
+    if len(set(neck_dims)) != 1:
+        raise ValueError(f"encoder_neck_dims {neck_dims}: the original model only works with equal entries")
+    if architecture.get("activation", "gelu") != "gelu":
+        raise ValueError(f"activation {architecture['activation']!r} is not supported: EfficientSAM uses gelu")
+    return EfficientSamConfig(
+        encoder=ImageEncoderConfig(
+            image_size=architecture.get("img_size", encoder.image_size),
+            patch_size=architecture.get("encoder_patch_size", encoder.patch_size),
+            width=architecture.get("encoder_patch_embed_dim", encoder.width),
+            depth=architecture.get("encoder_depth", encoder.depth),
+            num_heads=architecture.get("encoder_num_heads", encoder.num_heads),
+            mlp_ratio=architecture.get("encoder_mlp_ratio", encoder.mlp_ratio),
+            neck_dim=neck_dims[0],
+        ),
+        decoder=MaskDecoderConfig(
+            transformer_depth=architecture.get("decoder_transformer_depth", decoder.transformer_depth),
+            transformer_mlp_dim=architecture.get("decoder_transformer_mlp_dim", decoder.transformer_mlp_dim),
+            num_heads=architecture.get("decoder_num_heads", decoder.num_heads),
+            attention_downsample_rate=architecture.get("attention_downsample_rate", decoder.attention_downsample_rate),
+            num_multimask_outputs=architecture.get("num_multimask_outputs", decoder.num_multimask_outputs),
+            iou_head_depth=architecture.get("iou_head_depth", decoder.iou_head_depth),
+            iou_head_hidden_dim=architecture.get("iou_head_hidden_dim", decoder.iou_head_hidden_dim),
+            upscaling_dims=tuple(architecture.get("decoder_upscaling_layer_dims", decoder.upscaling_dims)),
+        ),
+        max_num_points=architecture.get("decoder_max_num_input_points", official.max_num_points),
+        pixel_mean=tuple(architecture.get("pixel_mean", official.pixel_mean)),
+        pixel_std=tuple(architecture.get("pixel_std", official.pixel_std)),
+    )
+
+
+# UnifiedQA / T5: transformers' `T5ForConditionalGeneration` names are used as they are. Checkpoints saved by old
+# transformers versions carry a relative-position bias for the decoder's cross-attention that T5 never uses.
+T5_LAYOUT = Layout(
+    name="t5",
+    renames=(),
+    ignore=(r"decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight",),
+)
+
+# One tensor under four names: `save_pretrained` keeps only `shared.weight`, older `.bin` files hold all four.
+T5_TIED_KEYS = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight")
+
+
+def fill_tied(state_dict: Mapping[str, torch.Tensor], tied: tuple[str, ...], source: str) -> dict[str, torch.Tensor]:
+    """Give every name in `tied` the one tensor the file stores for them, refusing copies that differ."""
+    present = [key for key in tied if key in state_dict]
+    if not present:
+        return dict(state_dict)  # load_strict names them as missing
+    tensor = state_dict[present[0]]
+    for key in present[1:]:
+        if state_dict[key].shape != tensor.shape or not torch.equal(state_dict[key], tensor):
+            raise CheckpointError(f"{source}: {key} should equal {present[0]} (tied weights) but differs")
+    return dict(state_dict) | dict.fromkeys(tied, tensor)
+
+
+def load_t5_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> list[str]:
+    """Load a `T5ForConditionalGeneration` state dict strictly into `model` (that class); returns the ignored keys.
+
+    The tied embedding may be stored once or under all its names; afterwards the model's four names share one
+    parameter again.
+    """
+    converted, ignored = T5_LAYOUT.convert(state_dict)
+    load_strict(model, fill_tied(converted, T5_TIED_KEYS, source), source)
+    # Loading onto the meta device assigns each name its own parameter object; tie them back together.
+    model.tie_weights()
+    return ignored

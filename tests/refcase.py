@@ -26,3 +26,11 @@ class Case:
         assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
         error = (actual.float() - expected.float()).abs().max().item()
         assert error <= atol, f"{name}: max abs error {error:.3g} > atol {atol:.3g}"
+
+    def atol(self, name: str) -> float:
+        """The case's `suggested_atol[name]`, else the rule it is made by: max(1e-5·max|ref|, 10× f32-vs-f64 error)."""
+        suggested = self.config.get("suggested_atol", {})
+        if name in suggested:
+            return suggested[name]
+        reference = self.outputs[name].abs().max().item()
+        return max(1e-5 * reference, 10 * self.config["tolerance_float32_vs_float64"][name]["max_abs_err"])
