@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusioncam.models.bert import TextConfig
-from fusioncam.models.blip import BlipITMConfig
+from fusioncam.models.blip import BlipCaptionConfig, BlipITMConfig
 from fusioncam.models.efficient_sam import EfficientSamConfig, ImageEncoderConfig, MaskDecoderConfig
 from fusioncam.models.vit import VisionConfig
 
@@ -215,13 +215,24 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source
 def load_blip_itm_weights(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], layout: str, source: str = "checkpoint"
 ) -> list[str]:
-    """Load a LAVIS or Hugging Face BLIP ITM state dict into `BlipITM`; returns the ignored keys.
+    """Load a LAVIS or Hugging Face BLIP ITM state dict into `BlipITM`; returns the ignored keys."""
+    return _load_blip(model, state_dict, BLIP_ITM_LAYOUTS, layout, source)
+
+
+def _load_blip(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    layouts: Mapping[str, Layout],
+    layout: str,
+    source: str,
+) -> list[str]:
+    """Convert with `layouts[layout]`, resample the position embedding to the model's grid, load strictly.
 
     The position embedding is resampled when the checkpoint was trained at another resolution.
     """
-    if layout not in BLIP_ITM_LAYOUTS:
-        raise CheckpointError(f"unknown BLIP ITM layout {layout!r}; known: {', '.join(BLIP_ITM_LAYOUTS)}")
-    converted, ignored = BLIP_ITM_LAYOUTS[layout].convert(state_dict)
+    if layout not in layouts:
+        raise CheckpointError(f"unknown layout {layout!r} for {type(model).__name__}; known: {', '.join(layouts)}")
+    converted, ignored = layouts[layout].convert(state_dict)
     key = "vision_encoder.pos_embed"
     if key in converted:
         converted[key] = resize_pos_embed(converted[key], model.vision_encoder.grid_size)
@@ -229,35 +240,47 @@ def load_blip_itm_weights(
     return ignored
 
 
+def _lavis_vision_config(vision: Mapping[str, object]) -> VisionConfig:
+    """LAVIS `VisionTransformerEncoder` keyword arguments → our ViT config."""
+    return VisionConfig(
+        image_size=vision["image_size"],
+        patch_size=vision["patch_size"],
+        width=vision["embed_dim"],
+        depth=vision["depth"],
+        num_heads=vision["num_heads"],
+        mlp_ratio=vision.get("mlp_ratio", 4.0),
+        qkv_bias=vision.get("qkv_bias", True),
+        layer_norm_eps=vision.get("layer_norm_eps", 1e-6),
+    )
+
+
+def _bert_text_config(text: Mapping[str, object]) -> TextConfig:
+    """A BERT `med_config.json`-style dict → our text config."""
+    return TextConfig(
+        vocab_size=text["vocab_size"],
+        hidden_size=text["hidden_size"],
+        num_layers=text["num_hidden_layers"],
+        num_heads=text["num_attention_heads"],
+        intermediate_size=text["intermediate_size"],
+        max_position_embeddings=text["max_position_embeddings"],
+        layer_norm_eps=text.get("layer_norm_eps", 1e-12),
+        encoder_width=text["encoder_width"],
+        pad_token_id=text.get("pad_token_id", 0),
+    )
+
+
 def lavis_blip_itm_config(
     vision: Mapping[str, object], text: Mapping[str, object], embed_dim: int, max_txt_len: int
 ) -> BlipITMConfig:
     """Our config from LAVIS's: ViT keyword arguments and a BERT `med_config.json`-style dict."""
-    return BlipITMConfig(
-        vision=VisionConfig(
-            image_size=vision["image_size"],
-            patch_size=vision["patch_size"],
-            width=vision["embed_dim"],
-            depth=vision["depth"],
-            num_heads=vision["num_heads"],
-            mlp_ratio=vision.get("mlp_ratio", 4.0),
-            qkv_bias=vision.get("qkv_bias", True),
-            layer_norm_eps=vision.get("layer_norm_eps", 1e-6),
-        ),
-        text=TextConfig(
-            vocab_size=text["vocab_size"],
-            hidden_size=text["hidden_size"],
-            num_layers=text["num_hidden_layers"],
-            num_heads=text["num_attention_heads"],
-            intermediate_size=text["intermediate_size"],
-            max_position_embeddings=text["max_position_embeddings"],
-            layer_norm_eps=text.get("layer_norm_eps", 1e-12),
-            encoder_width=text["encoder_width"],
-            pad_token_id=text.get("pad_token_id", 0),
-        ),
-        embed_dim=embed_dim,
-        max_txt_len=max_txt_len,
-    )
+    return BlipITMConfig(_lavis_vision_config(vision), _bert_text_config(text), embed_dim, max_txt_len)
+
+
+def lavis_blip_caption_config(
+    vision: Mapping[str, object], text: Mapping[str, object], prompt: str, max_txt_len: int
+) -> BlipCaptionConfig:
+    """Our captioner config from LAVIS's `BlipCaption` settings."""
+    return BlipCaptionConfig(_lavis_vision_config(vision), _bert_text_config(text), prompt, max_txt_len)
 
 
 def hf_blip_itm_config(config: Mapping[str, Mapping[str, object]], max_txt_len: int = 35) -> BlipITMConfig:
@@ -400,16 +423,28 @@ T5_LAYOUT = Layout(
 T5_TIED_KEYS = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight")
 
 
+def _check_tied(state_dict: Mapping[str, torch.Tensor], tied: tuple[str, ...], source: str) -> list[str]:
+    """The names of `tied` the file has, after checking that they all hold the same tensor."""
+    present = [key for key in tied if key in state_dict]
+    for key in present[1:]:
+        first = state_dict[present[0]]
+        if state_dict[key].shape != first.shape or not torch.equal(state_dict[key], first):
+            raise CheckpointError(f"{source}: {key} should equal {present[0]} (tied weights) but differs")
+    return present
+
+
 def fill_tied(state_dict: Mapping[str, torch.Tensor], tied: tuple[str, ...], source: str) -> dict[str, torch.Tensor]:
     """Give every name in `tied` the one tensor the file stores for them, refusing copies that differ."""
-    present = [key for key in tied if key in state_dict]
+    present = _check_tied(state_dict, tied, source)
     if not present:
         return dict(state_dict)  # load_strict names them as missing
-    tensor = state_dict[present[0]]
-    for key in present[1:]:
-        if state_dict[key].shape != tensor.shape or not torch.equal(state_dict[key], tensor):
-            raise CheckpointError(f"{source}: {key} should equal {present[0]} (tied weights) but differs")
-    return dict(state_dict) | dict.fromkeys(tied, tensor)
+    return dict(state_dict) | dict.fromkeys(tied, state_dict[present[0]])
+
+
+def drop_tied(state_dict: Mapping[str, torch.Tensor], tied: tuple[str, ...], source: str) -> dict[str, torch.Tensor]:
+    """Keep only the first name of `tied` (our model stores a tied tensor once), refusing copies that differ."""
+    _check_tied(state_dict, tied, source)
+    return {key: value for key, value in state_dict.items() if key not in tied[1:]}
 
 
 def load_t5_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> list[str]:
@@ -423,3 +458,47 @@ def load_t5_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], so
     # Loading onto the meta device assigns each name its own parameter object; tie them back together.
     model.tie_weights()
     return ignored
+
+
+# The captioner's decoder: `text_decoder.bert` is BLIP's BERT (same renames), `cls.predictions` its LM head.
+_LM_HEAD_RENAMES = (
+    (r"cls\.predictions\.transform\.dense\.", "lm_head.dense."),
+    (r"cls\.predictions\.transform\.LayerNorm\.", "lm_head.norm."),
+    (r"cls\.predictions\.bias", "lm_head.bias"),
+)
+# Names under which files store the decoder's tied tensors; the first of each group is the one we keep.
+CAPTION_TIED_KEYS = (
+    ("text_decoder.bert.embeddings.word_embeddings.weight", "text_decoder.cls.predictions.decoder.weight"),
+    ("text_decoder.cls.predictions.bias", "text_decoder.cls.predictions.decoder.bias"),
+)
+
+LAVIS_BLIP_CAPTION = Layout(
+    name="lavis",
+    renames=(
+        (r"visual_encoder\.", "vision_encoder."),
+        *_prefixed("text_decoder.bert.", "text_decoder.bert.", _BERT_RENAMES),
+        *_prefixed("text_decoder.", "text_decoder.", _LM_HEAD_RENAMES),
+    ),
+    ignore=(r"text_decoder\.bert\.embeddings\.position_ids", r"visual_encoder_m\..*", r"text_decoder_m\..*"),
+)
+
+HF_BLIP_CAPTION = Layout(
+    name="hf",
+    renames=(
+        *_prefixed("vision_model.", "vision_encoder.", _HF_VIT_RENAMES),
+        *_prefixed("text_decoder.bert.", "text_decoder.bert.", _BERT_RENAMES),
+        *_prefixed("text_decoder.", "text_decoder.", _LM_HEAD_RENAMES),
+    ),
+    ignore=(r"text_decoder\.bert\.embeddings\.position_ids",),
+)
+
+BLIP_CAPTION_LAYOUTS = {layout.name: layout for layout in (LAVIS_BLIP_CAPTION, HF_BLIP_CAPTION)}
+
+
+def load_blip_caption_weights(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], layout: str, source: str = "checkpoint"
+) -> list[str]:
+    """Load a LAVIS or Hugging Face BLIP captioner state dict into `BlipCaption`; returns the ignored keys."""
+    for group in CAPTION_TIED_KEYS:
+        state_dict = drop_tied(state_dict, group, source)
+    return _load_blip(model, state_dict, BLIP_CAPTION_LAYOUTS, layout, source)

@@ -109,5 +109,15 @@ class BlipTokenizer:
         ids[:, 0] = self.enc_token_id
         return ids
 
+    def prompt_ids(self, prompt: str, batch: int) -> torch.Tensor:
+        """Decoder prompt [batch, P]: `[DEC]` then the prompt's word-pieces, without the trailing `[SEP]`."""
+        ids = self._tokenizer(prompt, return_tensors="pt")["input_ids"][:, :-1]
+        ids[:, 0] = self.bos_token_id
+        return ids.expand(batch, -1).clone()
+
+    def decode(self, input_ids: torch.Tensor) -> list[str]:
+        """Text of each row, special tokens dropped."""
+        return self._tokenizer.batch_decode(input_ids.tolist(), skip_special_tokens=True)
+
     def tokens(self, input_ids: torch.Tensor) -> list[list[str]]:
         return [self._tokenizer.convert_ids_to_tokens(row.tolist()) for row in input_ids]

@@ -4,6 +4,9 @@ Each layer runs self-attention, then (in multimodal mode) cross-attention whose 
 image tokens, then the feed-forward block; every sub-block is `LayerNorm(x + sublayer(x))`. Without image
 tokens the same weights run as a plain text encoder (BLIP's "text" mode, used for ITC).
 
+The same stack with a causal self-attention mask and a key/value cache is BLIP's caption decoder
+(`TextEncoder(..., causal=True, cache=...)`), which `TextDecoder` tops with the tied LM head.
+
 For Grad-CAM the encoder can expose the cross-attention probabilities of one block as an autograd leaf: the
 gradient of any output with respect to it is exactly what a tensor hook on the original graph would see,
 while nothing before that block needs to be recorded for autograd.
@@ -73,20 +76,24 @@ class MultiHeadAttention(nn.Module):
         batch, tokens, width = x.shape
         return x.view(batch, tokens, self.num_heads, width // self.num_heads).transpose(1, 2)
 
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of `context` in head layout [B, heads, T, head_dim] (cacheable)."""
+        return self._heads(self.key(context)), self._heads(self.value(context))
+
     def forward(
         self,
         x: torch.Tensor,
-        context: torch.Tensor | None = None,
+        keys_values: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None = None,
         probe: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attend from `x` to `context` (or to itself); `mask` is additive, broadcastable to the scores.
+        """Attend from `x` to precomputed `keys_values`; `mask` is additive, broadcastable to the scores.
 
         With `probe`, the probabilities are computed explicitly, detached into a leaf that requires grad,
         and returned alongside the output.
         """
-        context = x if context is None else context
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(context)), self._heads(self.value(context))
+        q = self._heads(self.query(x))
+        k, v = keys_values
         probs = None
         if probe:
             scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
@@ -109,12 +116,13 @@ class TextEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        length = input_ids.shape[1]
-        if length > self.position_embeddings.num_embeddings:
-            raise ValueError(f"text of {length} tokens exceeds the {self.position_embeddings.num_embeddings} positions")
-        # Positions are 0..L-1 whatever the padding, as in BERT.
-        positions = torch.arange(length, device=input_ids.device)
+    def forward(self, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Embed tokens at positions start…start+L-1 (start > 0 when a decoder continues from its cache)."""
+        end = start + input_ids.shape[1]
+        if end > self.position_embeddings.num_embeddings:
+            raise ValueError(f"text of {end} tokens exceeds the {self.position_embeddings.num_embeddings} positions")
+        # Positions count from 0 whatever the padding, as in BERT.
+        positions = torch.arange(start, end, device=input_ids.device)
         return self.norm(self.word_embeddings(input_ids) + self.position_embeddings(positions))
 
 
@@ -137,19 +145,80 @@ class TextLayer(nn.Module):
         self_mask: torch.Tensor,
         image_embeds: torch.Tensor | None = None,
         probe: bool = False,
+        cache: LayerCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, _ = self.self_attn(x, mask=self_mask)
+        keys_values = self.self_attn.keys_values(x)
+        if cache is not None:
+            keys_values = cache.extend(keys_values)
+        attended, _ = self.self_attn(x, keys_values, mask=self_mask)
         x = self.self_attn_norm(x + attended)
         probs = None
         if image_embeds is not None:
-            attended, probs = self.cross_attn(x, image_embeds, probe=probe)
+            if cache is not None:
+                if cache.cross is None:  # the image does not change while decoding: project it once
+                    cache.cross = self.cross_attn.keys_values(image_embeds)
+                cross = cache.cross
+            else:
+                cross = self.cross_attn.keys_values(image_embeds)
+            attended, probs = self.cross_attn(x, cross, probe=probe)
             x = self.cross_attn_norm(x + attended)
         return self.mlp_norm(x + self.mlp(x)), probs
+
+
+@dataclass
+class LayerCache:
+    """Keys and values one decoder layer has seen so far, and those of the image it cross-attends to."""
+
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    cross: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def extend(self, keys_values: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = keys_values
+        if self.keys is not None:
+            keys, values = torch.cat([self.keys, keys], dim=2), torch.cat([self.values, values], dim=2)
+        self.keys, self.values = keys, values
+        return keys, values
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep the rows `index` (beam search reorders and duplicates hypotheses)."""
+        self.keys, self.values = self.keys[index], self.values[index]
+        if self.cross is not None:
+            self.cross = (self.cross[0][index], self.cross[1][index])
+
+
+@dataclass
+class DecoderCache:
+    """Per-layer caches of a decoding run; `length` is how many tokens have been consumed."""
+
+    layers: list[LayerCache]
+    length: int = 0
+
+    @classmethod
+    def empty(cls, num_layers: int) -> DecoderCache:
+        return cls([LayerCache() for _ in range(num_layers)])
+
+    def reorder(self, index: torch.Tensor) -> None:
+        for layer in self.layers:
+            layer.reorder(index)
 
 
 def padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[B, L] 1/0 mask → additive [B, 1, 1, L] mask for the attention scores."""
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * MASK_VALUE
+
+
+def causal_padding_mask(attention_mask: torch.Tensor, new_tokens: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive [B, 1, n, T] mask: the last `n` of `T` tokens see the tokens up to themselves that are not padding.
+
+    `attention_mask` [B, T] covers the cached tokens and the new ones.
+    """
+    total = attention_mask.shape[1]
+    past = total - new_tokens
+    device = attention_mask.device
+    causal = torch.arange(total, device=device)[None, :] <= torch.arange(past, total, device=device)[:, None]
+    allowed = causal[None, None] * attention_mask[:, None, None, :].bool()
+    return (1.0 - allowed.to(dtype)) * MASK_VALUE
 
 
 class TextEncoder(nn.Module):
@@ -167,25 +236,77 @@ class TextEncoder(nn.Module):
         attention_mask: torch.Tensor,
         image_embeds: torch.Tensor | None = None,
         probe_block: int | None = None,
+        causal: bool = False,
+        cache: DecoderCache | None = None,
     ) -> TextEncoderOutput:
         """Encode text, cross-attending to `image_embeds` when given (all image tokens are attended).
 
         `probe_block` returns that block's cross-attention probabilities as an autograd leaf; the blocks
         before it then run without autograd, since no gradient can reach them through a leaf.
+        `causal` makes self-attention look only backwards (the caption decoder); with a `cache`, `input_ids`
+        are the tokens after those already cached and `attention_mask` covers cached and new tokens.
         """
         if probe_block is not None:
             if image_embeds is None:
                 raise ValueError("a cross-attention probe needs image tokens")
             if not 0 <= probe_block < len(self.layers):
                 raise ValueError(f"block {probe_block} is out of range: the text encoder has {len(self.layers)}")
-        x = self.embeddings(input_ids)
-        mask = padding_mask(attention_mask, x.dtype)
+        start = cache.length if cache is not None else 0
+        x = self.embeddings(input_ids, start=start)
+        if causal:
+            mask = causal_padding_mask(attention_mask, input_ids.shape[1], x.dtype)
+        else:
+            mask = padding_mask(attention_mask, x.dtype)
         probe_probs = None
         grad_enabled = torch.is_grad_enabled()
         for index, layer in enumerate(self.layers):
             before_probe = probe_block is not None and index < probe_block
+            layer_cache = cache.layers[index] if cache is not None else None
             with torch.set_grad_enabled(grad_enabled and not before_probe):
-                x, probs = layer(x, mask, image_embeds, probe=index == probe_block)
+                x, probs = layer(x, mask, image_embeds, probe=index == probe_block, cache=layer_cache)
             if probs is not None:
                 probe_probs = probs
+        if cache is not None:
+            cache.length = start + input_ids.shape[1]
         return TextEncoderOutput(last_hidden_state=x, cross_attention=probe_probs)
+
+
+class LMHead(nn.Module):
+    """BERT's prediction head: dense → GELU → LayerNorm → scores against the (tied) word embeddings + bias.
+
+    The output projection is the word-embedding matrix itself, passed in at call time, so the tie cannot break
+    when weights are loaded or moved.
+    """
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm(F.gelu(self.dense(hidden))), word_embeddings, self.bias)
+
+
+class TextDecoder(nn.Module):
+    """BLIP's caption decoder: the text stack run causally, cross-attending to image tokens, with an LM head."""
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = TextEncoder(config)
+        self.lm_head = LMHead(config)
+
+    def new_cache(self) -> DecoderCache:
+        return DecoderCache.empty(len(self.bert.layers))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_embeds: torch.Tensor,
+        cache: DecoderCache | None = None,
+    ) -> torch.Tensor:
+        """Next-token logits [B, L, vocab] for every position of `input_ids`."""
+        hidden = self.bert(input_ids, attention_mask, image_embeds, causal=True, cache=cache).last_hidden_state
+        return self.lm_head(hidden, self.bert.embeddings.word_embeddings.weight)

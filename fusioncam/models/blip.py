@@ -1,4 +1,4 @@
-"""BLIP image–text matching: ViT + BERT with cross-attention, ITM and ITC heads.
+"""BLIP image–text matching (ViT + BERT with cross-attention, ITM and ITC heads) and the BLIP captioner.
 
 Two ways to score a pair, as BLIP defines them:
 - ITM: the text (with `[ENC]` in place of `[CLS]`) cross-attends to all image tokens; a linear head on token 0
@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusioncam.models.bert import TextConfig, TextEncoder, TextEncoderOutput
+from fusioncam.models.bert import DecoderCache, TextConfig, TextDecoder, TextEncoder, TextEncoderOutput
+from fusioncam.models.decoding import DecodingConfig, generate
 from fusioncam.models.vit import VisionConfig, VisionTransformer
 
 
@@ -125,3 +126,93 @@ class BlipITM(nn.Module):
     ) -> torch.Tensor:
         """Cosine similarity of every image with every text [B_img, B_txt] (no temperature)."""
         return self.image_features(image_embeds) @ self.text_features(input_ids, attention_mask).T
+
+
+@dataclass
+class BlipCaptionConfig:
+    """BLIP's captioner: ViT + causal BERT decoder; captions start with `prompt` (LAVIS: "a picture of ")."""
+
+    vision: VisionConfig = field(default_factory=lambda: VisionConfig(width=1024, depth=24, num_heads=16))
+    text: TextConfig = field(default_factory=lambda: TextConfig(encoder_width=1024))
+    prompt: str = "a picture of "
+    max_txt_len: int = 40
+
+    def __post_init__(self) -> None:
+        if self.text.encoder_width != self.vision.width:
+            raise ValueError(
+                f"text.encoder_width ({self.text.encoder_width}) must equal vision.width ({self.vision.width})"
+            )
+
+    @classmethod
+    def preset(cls, name: str) -> BlipCaptionConfig:
+        """`large` (ViT-L/16, the PNP-VQA captioner) or `base` (ViT-B/16)."""
+        if name == "large":
+            return cls()
+        if name == "base":
+            return cls(vision=VisionConfig(), text=TextConfig())
+        raise ValueError(f"unknown BLIP caption architecture {name!r}: expected 'base' or 'large'")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], base: BlipCaptionConfig | None = None) -> BlipCaptionConfig:
+        return _merge(base or cls(), values)
+
+
+class BlipCaption(nn.Module):
+    """Image → tokens (ViT) → caption logits (causal BERT decoder cross-attending to those tokens)."""
+
+    def __init__(self, config: BlipCaptionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vision_encoder = VisionTransformer(config.vision)
+        self.text_decoder = TextDecoder(config.text)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.vision_encoder.grid_size
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vision_encoder(pixels)
+
+    def logits(
+        self,
+        image_embeds: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: DecoderCache | None = None,
+    ) -> torch.Tensor:
+        """Next-token logits [B, L, vocab]; ids start with `[DEC]` (teacher forcing, or a decoding step)."""
+        return self.text_decoder(input_ids, attention_mask, image_embeds, cache=cache)
+
+    def generate(
+        self,
+        image_embeds: torch.Tensor,
+        prompt_ids: torch.Tensor,
+        eos_id: int,
+        pad_id: int,
+        config: DecodingConfig,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Captions for image tokens [B, N, D] (any N: whole images or sampled patches), prompt ids [B, P]."""
+        cache = self.text_decoder.new_cache()
+        return generate(self._step, cache, image_embeds, prompt_ids, eos_id, pad_id, config, generator)
+
+    def _step(self, new_ids, attention_mask, image_embeds, cache) -> torch.Tensor:
+        return self.logits(image_embeds, new_ids, attention_mask, cache)
+
+
+def caption_loss(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+    label_smoothing: float = 0.1,
+) -> torch.Tensor:
+    """BLIP's captioning loss: next-token cross-entropy, ignoring padding and the prompt's own tokens."""
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[:, :prompt_length] = -100
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+        label_smoothing=label_smoothing,
+    )
