@@ -311,7 +311,7 @@ def weights_pull(names: Annotated[list[str], typer.Argument(help="Preset name(s)
     try:
         for preset in presets:
             for role, path in weights_lib.pull(preset).items():
-                stdout.print(f"{preset.name}\t{role}\t{path}", markup=False, highlight=False)
+                print(f"{preset.name}\t{role}\t{path}", flush=True)
     except weights_lib.WeightsError as error:
         stderr.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None

@@ -413,3 +413,30 @@ def test_hub_files_come_from_the_hf_cache_offline_and_verify_against_the_hub_dig
     assert results["merges"].status is VerifyStatus.MISSING
     snapshot.resolve().write_bytes(b"[PAD]\n[UNK]\n[CLS]\n")
     assert verify("tiny")[1].status is VerifyStatus.MISMATCH
+
+
+def test_cli_pull_verify_and_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server) -> None:
+    """`fusioncam weights pull/verify/path` end to end: exit codes, stdout data, stderr messages."""
+    from typer.testing import CliRunner
+
+    from fusioncam.cli import app
+
+    write_registry(tmp_path, monkeypatch, f'url = "{server.url}/model.bin"\nsha256 = "{DIGEST}"')
+    runner = CliRunner()
+
+    monkeypatch.setenv("FUSIONCAM_OFFLINE", "1")
+    offline = runner.invoke(app, ["weights", "pull", "tiny"])
+    assert offline.exit_code == 1 and "model.bin" in offline.stderr and not server.state.requests
+    monkeypatch.delenv("FUSIONCAM_OFFLINE")
+
+    pulled = runner.invoke(app, ["weights", "pull", "tiny"])
+    assert pulled.exit_code == 0, pulled.stderr
+    path = Path(pulled.stdout.strip().split("\t")[-1])
+    assert path.read_bytes() == CONTENT
+    assert runner.invoke(app, ["weights", "path", "tiny", "--role", "checkpoint"]).stdout.strip() == str(path)
+    assert runner.invoke(app, ["weights", "verify", "tiny"]).exit_code == 0
+
+    path.write_bytes(b"tampered" + CONTENT[8:])
+    tampered = runner.invoke(app, ["weights", "verify", "tiny"])
+    assert tampered.exit_code == 1 and "mismatch" in tampered.stdout
+    assert runner.invoke(app, ["weights", "pull", "no-such-preset"]).exit_code == 2
