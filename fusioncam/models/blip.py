@@ -9,7 +9,7 @@ Two ways to score a pair, as BLIP defines them:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusioncam.models.bert import DecoderCache, TextConfig, TextDecoder, TextEncoder, TextEncoderOutput
+from fusioncam.models.config import merge_config
 from fusioncam.models.decoding import DecodingConfig, generate
 from fusioncam.models.vit import VisionConfig, VisionTransformer
 
@@ -51,20 +52,7 @@ class BlipITMConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], base: BlipITMConfig | None = None) -> BlipITMConfig:
         """Build from nested plain values (a preset's `[config]` table), on top of `base` when given."""
-        return _merge(base or cls(), values)
-
-
-def _merge(config: Any, values: dict[str, Any]) -> Any:
-    """A copy of dataclass `config` with `values` applied recursively; unknown keys are an error."""
-    known = {f.name: f for f in fields(config)}
-    changes = {}
-    for key, value in values.items():
-        if key not in known:
-            raise ValueError(f"unknown {type(config).__name__} field {key!r}; known: {', '.join(known)}")
-        current = getattr(config, key)
-        changes[key] = _merge(current, value) if is_dataclass(current) else value
-    merged = {f.name: getattr(config, f.name) for f in fields(config)} | changes
-    return type(config)(**merged)
+        return merge_config(base or cls(), values)
 
 
 @dataclass
@@ -154,7 +142,7 @@ class BlipCaptionConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], base: BlipCaptionConfig | None = None) -> BlipCaptionConfig:
-        return _merge(base or cls(), values)
+        return merge_config(base or cls(), values)
 
 
 class BlipCaption(nn.Module):

@@ -31,7 +31,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fusioncam.checkpoints import CheckpointError, load_strict
-from fusioncam.models.blip import BlipITM, BlipITMConfig, ITMOutput, _merge
+from fusioncam.models.blip import BlipITM, BlipITMConfig, ITMOutput
+from fusioncam.models.config import merge_config
 from fusioncam.models.difnet import DifnetConfig, DifnetEncoder
 
 # DIFNet treats a row whose features sum to exactly `padding_idx` as padding. Neither stream has padding (every
@@ -64,7 +65,7 @@ class FusionConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FusionConfig:
         """From plain values (a checkpoint's metadata); unknown keys are an error, missing ones keep defaults."""
-        return _merge(cls(), values)
+        return merge_config(cls(), values)
 
     def difnet(self, width: int) -> DifnetConfig:
         """The DIFNet encoder for tokens `width` (Dv) wide."""

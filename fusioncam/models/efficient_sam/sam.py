@@ -12,11 +12,13 @@ are 1 (foreground), 0 (background), 2/3 (box corners) or −1 (padding). Masks a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusioncam.models.config import merge_config
 from fusioncam.models.efficient_sam.image_encoder import ImageEncoderConfig, ImageEncoderViT
 from fusioncam.models.efficient_sam.mask_decoder import MaskDecoder, MaskDecoderConfig
 from fusioncam.models.efficient_sam.prompt_encoder import PromptEncoder
@@ -44,6 +46,11 @@ class EfficientSamConfig:
         if name == "vits":
             return cls(encoder=ImageEncoderConfig(width=384, num_heads=6))
         raise ValueError(f"unknown EfficientSAM architecture {name!r}: expected 'vitt' or 'vits'")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], base: EfficientSamConfig | None = None) -> EfficientSamConfig:
+        """Build from nested plain values (a preset's `[config]` table), on top of `base` when given."""
+        return merge_config(base or cls(), values)
 
 
 @dataclass
