@@ -9,16 +9,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from fusioncam.checkpoints import load_blip_itm_weights, read_state_dict
+from fusioncam.checkpoints import (
+    load_blip_caption_weights,
+    load_blip_itm_weights,
+    load_efficient_sam_weights,
+    load_t5_weights,
+    read_state_dict,
+)
 from fusioncam.explain.gradcam import compute_gradcam
+from fusioncam.explain.refine import Refined, SamImage, embed_images, refine_heatmaps
 from fusioncam.images import BLIP_MEAN, BLIP_STD, ImageTransform
-from fusioncam.models.blip import BlipITM, BlipITMConfig
+from fusioncam.models.blip import BlipCaption, BlipCaptionConfig, BlipITM, BlipITMConfig
+from fusioncam.models.efficient_sam import EfficientSam, EfficientSamConfig
+from fusioncam.models.fusion import BlipFusionITM, load_fusion
+from fusioncam.models.t5_fid import FusionInDecoderQA
 from fusioncam.text import BlipTokenizer, clean_caption
 from fusioncam.weights import Preset, get_preset, resolve_file
 
@@ -60,8 +73,36 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+@torch.no_grad()
+def sam_embeddings(sam: EfficientSam, images: Sequence[np.ndarray]) -> torch.Tensor:
+    """EfficientSAM image embeddings [B, C, h, w] of RGB uint8 images of any sizes (each resized by SAM itself)."""
+    device = next(sam.parameters()).device
+    return torch.cat(
+        [
+            sam.embed(torch.from_numpy(image).permute(2, 0, 1)[None].to(device).float() / 255).embeddings
+            for image in images
+        ]
+    )
+
+
+@dataclass
+class FusedEncoder:
+    """Image tokens of the `fused` mode: BLIP ViT tokens + gate · DIFNet(ViT tokens, EfficientSAM tokens)."""
+
+    fusion: BlipFusionITM
+    sam: EfficientSam
+
+    @torch.no_grad()
+    def __call__(self, vit_tokens: torch.Tensor, images: Sequence[np.ndarray]) -> torch.Tensor:
+        return self.fusion.fusion(vit_tokens, sam_embeddings(self.sam, images).to(vit_tokens.device))
+
+
 class BlipMatcher:
-    """A loaded BLIP ITM preset: model, tokenizer and the preprocessing its weights expect."""
+    """A loaded BLIP ITM preset: model, tokenizer and the preprocessing its weights expect.
+
+    With a `fused` encoder, image tokens come from the trained fusion of BLIP's ViT and EfficientSAM; everything
+    after the image tokens (ITM, ITC, Grad-CAM) is BLIP's own, so the same methods serve both modes.
+    """
 
     def __init__(
         self,
@@ -70,12 +111,14 @@ class BlipMatcher:
         transform: ImageTransform,
         name: str = "blip-itm",
         device: torch.device | str = "cpu",
+        fused: FusedEncoder | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.transform = transform
         self.name = name
+        self.fused = fused
 
     @property
     def num_blocks(self) -> int:
@@ -83,12 +126,12 @@ class BlipMatcher:
 
     @torch.no_grad()
     def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """RGB uint8 images → image tokens [B, 1 + N, Dv] on the model's device."""
-        pixels = self.transform(images).to(self.device)
-        return self.model.encode_image(pixels)
+        """RGB uint8 images → image tokens [B, 1 + N, Dv] on the model's device (fused when so loaded)."""
+        tokens = self.model.encode_image(self.transform(images).to(self.device))
+        return tokens if self.fused is None else self.fused(tokens, images)
 
-    def _encode(self, texts: Sequence[str]):
-        cleaned = [clean_caption(text) for text in texts]
+    def _encode(self, texts: Sequence[str], clean: Callable[[str], str] = clean_caption):
+        cleaned = [clean(text) for text in texts]
         return cleaned, self.tokenizer(cleaned).to(self.device)
 
     @torch.no_grad()
@@ -116,14 +159,16 @@ class BlipMatcher:
         texts: Sequence[str],
         block: int = 6,
         per_word: bool = False,
+        clean: Callable[[str], str] = clean_caption,
     ) -> list[Heatmap]:
         """Grad-CAM of text i over image i at text block `block`, for a batch of pairs.
 
         `images` may also be image tokens from `embed_images`, to explain many texts of one image cheaply.
+        `clean` prepares each text as LAVIS does for its use (captions by default; PNP-VQA cleans questions).
         """
         if not 0 <= block < self.num_blocks:
             raise ValueError(f"--block must be in 0..{self.num_blocks - 1} for this model, got {block}")
-        cleaned, encoding = self._encode(texts)
+        cleaned, encoding = self._encode(texts, clean)
         image_embeds = images if isinstance(images, torch.Tensor) else self.embed_images(images)
         if len(image_embeds) != len(texts):
             raise ValueError(f"{len(image_embeds)} images for {len(texts)} texts: pass one image per text")
@@ -161,33 +206,197 @@ def build_blip_itm(preset: Preset) -> BlipITM:
         return BlipITM(config)
 
 
-def load(name: str = "blip-itm-base", device: str = "auto", download: bool = True) -> BlipMatcher:
-    """Load a BLIP ITM preset (a name from weights.toml or a path to a preset .toml), downloading if needed."""
-    preset = get_preset(name)
-    if preset.kind != "blip-itm":
-        raise ValueError(f"preset {preset.name!r} is a {preset.kind} model, not a BLIP ITM model")
-    checkpoint = resolve_file(preset, "checkpoint", download=download)
-    vocab = resolve_file(preset, "vocab", download=download)
-    model = build_blip_itm(preset)
-    load_blip_itm_weights(model, read_state_dict(checkpoint), preset.layout, str(checkpoint))
-    model.float()  # half-precision checkpoints run in float32 like the reference
-    config = model.config
-    preprocess = {"image_size": config.vision.image_size, "mean": BLIP_MEAN, "std": BLIP_STD} | preset.preprocess
+def _expect_kind(preset: Preset, kind: str) -> None:
+    if preset.kind != kind:
+        raise ValueError(f"preset {preset.name!r} is a {preset.kind} model, not a {kind} model")
+
+
+def _blip_transform(preset: Preset, image_size: int) -> ImageTransform:
+    """The preprocessing a BLIP preset's weights expect (LAVIS `blip_image_eval` unless the preset says more)."""
+    preprocess = {"image_size": image_size, "mean": BLIP_MEAN, "std": BLIP_STD} | preset.preprocess
     transform = ImageTransform(
         image_size=int(preprocess["image_size"]),
         mean=tuple(preprocess["mean"]),
         std=tuple(preprocess["std"]),
         interpolation=preprocess.get("interpolation", "bicubic"),
     )
-    if transform.image_size != config.vision.image_size:
+    if transform.image_size != image_size:
         raise ValueError(
             f"preset {preset.name!r}: preprocess image_size {transform.image_size} differs from the model's "
-            f"{config.vision.image_size}"
+            f"{image_size}"
         )
-    tokenizer = BlipTokenizer(vocab, max_length=config.max_txt_len)
-    if len(tokenizer) != config.text.vocab_size:
+    return transform
+
+
+def _blip_tokenizer(preset: Preset, vocab: Path, max_length: int, vocab_size: int) -> BlipTokenizer:
+    tokenizer = BlipTokenizer(vocab, max_length=max_length)
+    if len(tokenizer) != vocab_size:
         raise ValueError(
-            f"preset {preset.name!r}: tokenizer has {len(tokenizer)} tokens but the text encoder expects "
-            f"{config.text.vocab_size} (is `vocab` the right vocab.txt?)"
+            f"preset {preset.name!r}: tokenizer has {len(tokenizer)} tokens but the text model expects "
+            f"{vocab_size} (is `vocab` the right vocab.txt?)"
         )
-    return BlipMatcher(model, tokenizer, transform, name=preset.name, device=pick_device(device))
+    return tokenizer
+
+
+def load(
+    name: str = "blip-itm-base",
+    device: str = "auto",
+    download: bool = True,
+    fusion: str | Path | None = None,
+    sam: str = "efficient-sam-vitt",
+) -> BlipMatcher:
+    """Load a BLIP ITM preset (a name from weights.toml or a path to a preset .toml), downloading if needed.
+
+    `fusion` (a file written by `fusioncam train --what fusion`) switches to the `fused` mode with the EfficientSAM
+    preset `sam` it was trained with.
+    """
+    preset = get_preset(name)
+    _expect_kind(preset, "blip-itm")
+    checkpoint = resolve_file(preset, "checkpoint", download=download)
+    vocab = resolve_file(preset, "vocab", download=download)
+    model = build_blip_itm(preset)
+    load_blip_itm_weights(model, read_state_dict(checkpoint), preset.layout, str(checkpoint))
+    model.float()  # half-precision checkpoints run in float32 like the reference
+    config = model.config
+    transform = _blip_transform(preset, config.vision.image_size)
+    tokenizer = _blip_tokenizer(preset, vocab, config.max_txt_len, config.text.vocab_size)
+    target = pick_device(device)
+    fused = None
+    if fusion is not None:
+        sam_model = load_sam(sam, device=device, download=download)
+        fused_model = load_fusion(fusion, model.to(target), preset.name, get_preset(sam).name).to(target).eval()
+        fused = FusedEncoder(fused_model, sam_model)
+    return BlipMatcher(model, tokenizer, transform, name=preset.name, device=target, fused=fused)
+
+
+@dataclass
+class Captioner:
+    """A loaded BLIP caption preset: model, tokenizer, preprocessing."""
+
+    model: BlipCaption
+    tokenizer: BlipTokenizer
+    transform: ImageTransform
+    name: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.vision_encoder.cls_token.device
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        return self.model.encode_image(self.transform(images).to(self.device))
+
+
+def load_captioner(name: str = "blip-caption-large", device: str = "auto", download: bool = True) -> Captioner:
+    """Load a BLIP caption preset (LAVIS or Hugging Face layout)."""
+    preset = get_preset(name)
+    _expect_kind(preset, "blip-caption")
+    checkpoint = resolve_file(preset, "checkpoint", download=download)
+    vocab = resolve_file(preset, "vocab", download=download)
+    base = BlipCaptionConfig.preset(preset.architecture) if preset.architecture else BlipCaptionConfig()
+    config = BlipCaptionConfig.from_dict(preset.config, base=base)
+    with torch.device("meta"):
+        model = BlipCaption(config)
+    load_blip_caption_weights(model, read_state_dict(checkpoint), preset.layout, str(checkpoint))
+    model = model.float().to(pick_device(device)).eval().requires_grad_(False)
+    transform = _blip_transform(preset, config.vision.image_size)
+    tokenizer = _blip_tokenizer(preset, vocab, config.max_txt_len, config.text.vocab_size)
+    return Captioner(model, tokenizer, transform, preset.name)
+
+
+@dataclass
+class QuestionAnswerer:
+    """A loaded UnifiedQA preset: the FiD model and its SentencePiece tokenizer."""
+
+    model: FusionInDecoderQA
+    tokenizer: Any
+    name: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.model.shared.weight.device
+
+    def tokenize(self, passages: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Passages per question → ids and mask [B, n, L], padded to the longest passage of the batch."""
+        counts = {len(group) for group in passages}
+        if len(counts) != 1:
+            raise ValueError(f"every question needs the same number of passages, got {sorted(counts)}")
+        flat = [passage for group in passages for passage in group]
+        batch = self.tokenizer(flat, padding="longest", truncation=True, return_tensors="pt")
+        shape = (len(passages), counts.pop(), -1)
+        return batch["input_ids"].reshape(shape).to(self.device), batch["attention_mask"].reshape(shape).to(self.device)
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        return [text.strip() for text in self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)]
+
+
+def load_qa(name: str = "unifiedqa-v2-t5-base", device: str = "auto", download: bool = True) -> QuestionAnswerer:
+    """Load a UnifiedQA (T5) preset; its tokenizer comes from the preset's `spiece.model` folder."""
+    from transformers import T5Tokenizer
+
+    preset = get_preset(name)
+    _expect_kind(preset, "t5-qa")
+    checkpoint = resolve_file(preset, "checkpoint", download=download)
+    spiece = resolve_file(preset, "spiece", download=download)
+    for role in preset.files:  # tokenizer_config.json & co. must sit beside spiece.model
+        resolve_file(preset, role, download=download)
+    with torch.device("meta"):
+        qa = FusionInDecoderQA.from_preset(preset.architecture or "base", **preset.config)
+    load_t5_weights(qa.model, read_state_dict(checkpoint), str(checkpoint))
+    qa = qa.float().to(pick_device(device)).eval().requires_grad_(False)
+    tokenizer = T5Tokenizer.from_pretrained(str(spiece.parent))
+    return QuestionAnswerer(qa, tokenizer, preset.name)
+
+
+def load_sam(name: str = "efficient-sam-vitt", device: str = "auto", download: bool = True) -> EfficientSam:
+    """Load an EfficientSAM preset (`efficient-sam-vitt`, `efficient-sam-vits`, or a preset file)."""
+    preset = get_preset(name)
+    _expect_kind(preset, "efficient-sam")
+    checkpoint = resolve_file(preset, "checkpoint", download=download)
+    base = EfficientSamConfig.preset(preset.architecture) if preset.architecture else EfficientSamConfig()
+    with torch.device("meta"):
+        model = EfficientSam(EfficientSamConfig.from_dict(preset.config, base=base))
+    load_efficient_sam_weights(model, read_state_dict(checkpoint), str(checkpoint))
+    return model.float().to(pick_device(device)).eval().requires_grad_(False)
+
+
+class SamRefiner:
+    """EfficientSAM refinement of heatmaps with an LRU cache of image embeddings (the expensive part).
+
+    Keys identify images (e.g. their paths): an image explained with many texts is encoded once.
+    """
+
+    def __init__(
+        self,
+        sam: EfficientSam,
+        num_points: int = 5,
+        labels: str = "fork",
+        mask_choice: str = "first",
+        cache_size: int = 32,
+    ) -> None:
+        self.sam, self.num_points, self.labels, self.mask_choice = sam, num_points, labels, mask_choice
+        self.cache_size = cache_size
+        self._cache: OrderedDict[Any, SamImage] = OrderedDict()
+
+    def embed(self, keys: Sequence[Any], images: Sequence[np.ndarray]) -> list[SamImage]:
+        missing = {key: image for key, image in zip(keys, images, strict=True) if key not in self._cache}
+        if missing:
+            for key, embedded in zip(missing, embed_images(self.sam, list(missing.values())), strict=True):
+                self._cache[key] = embedded
+        for key in keys:
+            self._cache.move_to_end(key)
+        found = [self._cache[key] for key in keys]
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return found
+
+    def refine(self, keys: Sequence[Any], images: Sequence[np.ndarray], heatmaps: np.ndarray) -> list[Refined]:
+        """Refine heatmap i [h, w] of image i (keyed by keys[i])."""
+        return refine_heatmaps(
+            self.sam,
+            self.embed(keys, images),
+            torch.from_numpy(np.asarray(heatmaps, dtype=np.float32)),
+            num_points=self.num_points,
+            labels=self.labels,
+            mask_choice=self.mask_choice,
+        )

@@ -19,7 +19,9 @@ from typing import TextIO
 import numpy as np
 
 from fusioncam.api import Heatmap
-from fusioncam.explain.render import contact_sheet, overlay, peak_location, save_png
+from fusioncam.explain.refine import Refined
+from fusioncam.explain.render import contact_sheet, cutout, mask_overlay, overlay, peak_location, save_png
+from fusioncam.vqa import VQAResult
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"})
 
@@ -120,27 +122,18 @@ def _pixel(point: tuple[int, int]) -> dict[str, int]:
     return {"x": int(point[0]), "y": int(point[1])}
 
 
-def write_heatmap(
-    out_dir: Path,
-    pair: Pair,
-    image: np.ndarray,
-    result: Heatmap,
-    model: str,
-    alpha: float = 0.5,
-    colormap: str = "jet",
-) -> dict:
-    """Overlay PNG at the image's resolution, raw sentence map `.npy`, per-word sheet, JSON; returns the record."""
+def _paths(out_dir: Path, pair: Pair, *kinds: str) -> dict[str, Path]:
     base = out_dir / pair.stem
     base.parent.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "overlay": base.with_name(base.name + ".overlay.png"),
-        "heatmap": base.with_name(base.name + ".heatmap.npy"),
-        "json": base.with_name(base.name + ".json"),
-    }
+    suffixes = {"overlay": ".overlay.png", "heatmap": ".heatmap.npy", "json": ".json", "words": ".words.png"}
+    suffixes |= {"mask": ".mask.png", "cutout": ".cutout.png", "segment": ".segment.png"}
+    suffixes |= {"answer_overlay": ".answer.png", "answer_map": ".answer.npy"}
+    return {kind: base.with_name(base.name + suffixes[kind]) for kind in kinds}
+
+
+def _record(pair: Pair, image: np.ndarray, result: Heatmap, model: str) -> dict:
     height, width = image.shape[:2]
-    save_png(paths["overlay"], overlay(image, result.heatmap, alpha=alpha, colormap=colormap))
-    np.save(paths["heatmap"], result.heatmap.astype(np.float32))
-    record: dict = {
+    return {
         "image": str(pair.image),
         "text": pair.text,
         "cleaned_text": result.text,
@@ -149,11 +142,55 @@ def write_heatmap(
         "itm_score": result.itm_score,
         "itc_score": result.itc_score,
         "image_size": {"width": width, "height": height},
-        "peak": _pixel(peak_location(result.heatmap, (height, width))),
     }
+
+
+def _sam_record(refined: Refined) -> dict:
+    return {
+        "points": [_pixel(point) for point in refined.points.round().int().tolist()],
+        "weights": [round(float(weight), 6) for weight in refined.weights],
+        "mask_iou": float(refined.iou),
+        "mask_area": float(refined.area),
+    }
+
+
+def _finish(record: dict, paths: dict[str, Path]) -> dict:
+    record["outputs"] = {key: str(path) for key, path in paths.items()}
+    paths["json"].write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def write_heatmap(
+    out_dir: Path,
+    pair: Pair,
+    image: np.ndarray,
+    result: Heatmap,
+    model: str,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    refined: Refined | None = None,
+    save_mask: bool = False,
+) -> dict:
+    """Overlay PNG at the image's resolution, raw map `.npy`, per-word sheet, JSON; returns the record.
+
+    With `refined` (encoder `esam`) the map is the SAM-refined one and the record gains the prompt points (image
+    pixels), their weights, the chosen mask's predicted IoU and area; `save_mask` writes that mask as a PNG.
+    """
+    kinds = ["overlay", "heatmap", "json"] + (["words"] if result.word_maps else [])
+    paths = _paths(out_dir, pair, *kinds, *(["mask"] if refined is not None and save_mask else []))
+    heatmap = result.heatmap if refined is None else refined.heatmap.numpy()
+    height, width = image.shape[:2]
+    save_png(paths["overlay"], overlay(image, heatmap, alpha=alpha, colormap=colormap))
+    np.save(paths["heatmap"], heatmap.astype(np.float32))
+    record = _record(pair, image, result, model)
+    record["encoder"] = "blip" if refined is None else "esam"
+    record["peak"] = _pixel(peak_location(heatmap, (height, width)))
+    if refined is not None:
+        record["sam"] = _sam_record(refined)
+        if save_mask:
+            save_png(paths["mask"], refined.mask.numpy().astype(np.uint8) * 255)
     if result.word_maps:
-        paths["words"] = base.with_name(base.name + ".words.png")
-        sheet = contact_sheet(image, [("sentence", result.heatmap), *result.word_maps], alpha=alpha, colormap=colormap)
+        sheet = contact_sheet(image, [("sentence", heatmap), *result.word_maps], alpha=alpha, colormap=colormap)
         save_png(paths["words"], sheet)
         record["words"] = [
             {
@@ -164,6 +201,56 @@ def write_heatmap(
             }
             for word, word_map in result.word_maps
         ]
-    record["outputs"] = {key: str(path) for key, path in paths.items()}
-    paths["json"].write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    return _finish(record, paths)
+
+
+def write_segment(out_dir: Path, pair: Pair, image: np.ndarray, result: Heatmap, refined: Refined, model: str) -> dict:
+    """Mask PNG (0/255) at the image's resolution, the object cut out (RGBA), the mask over the image, JSON."""
+    paths = _paths(out_dir, pair, "mask", "cutout", "segment", "json")
+    mask = refined.mask.numpy()
+    save_png(paths["mask"], mask.astype(np.uint8) * 255)
+    save_png(paths["cutout"], cutout(image, mask))
+    save_png(paths["segment"], mask_overlay(image, mask))
+    record = _record(pair, image, result, model) | {"sam": _sam_record(refined)}
+    rows, cols = np.nonzero(mask)
+    record["box"] = (
+        {"x0": int(cols.min()), "y0": int(rows.min()), "x1": int(cols.max()) + 1, "y1": int(rows.max()) + 1}
+        if len(rows)
+        else None
+    )
+    return _finish(record, paths)
+
+
+def write_vqa(
+    out_dir: Path,
+    pair: Pair,
+    image: np.ndarray,
+    result: VQAResult,
+    models: dict[str, str],
+    alpha: float = 0.5,
+    colormap: str = "jet",
+) -> dict:
+    """Question heatmap and answer map (overlays and raw maps), captions with their contributions, JSON."""
+    kinds = ["overlay", "heatmap", "json"] + (["answer_overlay", "answer_map"] if result.answer_map is not None else [])
+    paths = _paths(out_dir, pair, *kinds)
+    save_png(paths["overlay"], overlay(image, result.heatmap, alpha=alpha, colormap=colormap))
+    np.save(paths["heatmap"], result.heatmap.astype(np.float32))
+    height, width = image.shape[:2]
+    record = {
+        "image": str(pair.image),
+        "question": pair.text,
+        "answer": result.answer,
+        "models": models,
+        "image_size": {"width": width, "height": height},
+        "peak": _pixel(peak_location(result.heatmap, (height, width))),
+        "captions": [
+            {"caption": item.caption, "contribution": item.contribution, "patches": item.patches}
+            for item in result.evidence
+        ],
+        "seconds": {stage: round(value, 4) for stage, value in result.seconds.items()},
+    }
+    if result.answer_map is not None:
+        save_png(paths["answer_overlay"], overlay(image, result.answer_map, alpha=alpha, colormap=colormap))
+        np.save(paths["answer_map"], result.answer_map.astype(np.float32))
+        record["answer_peak"] = _pixel(peak_location(result.answer_map, (height, width)))
+    return _finish(record, paths)

@@ -7,21 +7,35 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
+import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fusioncam import weights as weights_lib
-from fusioncam.api import BlipMatcher, load
-from fusioncam.batch import Failure, Pair, batched, pairs_from_path, read_jsonl, write_heatmap
+from fusioncam.api import BlipMatcher, SamRefiner, load, load_captioner, load_qa, load_sam
+from fusioncam.batch import (
+    Failure,
+    Pair,
+    batched,
+    pairs_from_path,
+    read_jsonl,
+    write_heatmap,
+    write_segment,
+    write_vqa,
+)
 from fusioncam.explain.render import COLORMAPS
 from fusioncam.images import ImageDecodeError, load_image
 from fusioncam.text import clean_caption
+from fusioncam.vqa import PNPVQA, VQAConfig
+
+ENCODERS = ("blip", "esam", "fused")
 
 app = typer.Typer(
     help="Where does a vision-language model look? BLIP image-text matching scores and Grad-CAM heatmaps.",
@@ -47,16 +61,38 @@ def usage_error(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def load_matcher(model: str, device: str) -> BlipMatcher:
-    """Load a preset; problems a user can fix (unknown name, missing weights) end the run with a clear message."""
+def fail(error: Exception) -> typer.Exit:
+    stderr.print(f"[red]error:[/red] {error}")
+    return typer.Exit(1)
+
+
+def loading(what: str, load, *args, **kwargs):
+    """Load a model; problems a user can fix (unknown preset, missing weights) end the run with a clear message."""
     try:
-        with stderr.status(f"loading {model} …"):
-            return load(model, device=device)
+        with stderr.status(f"loading {what} …"):
+            return load(*args, **kwargs)
     except weights_lib.PresetError as error:
         raise usage_error(str(error)) from None
     except (weights_lib.WeightsError, ValueError, OSError) as error:
-        stderr.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+        raise fail(error) from None
+
+
+def load_matcher(model: str, device: str, encoder: str = "blip", fusion: Path | None = None, sam: str = "vitt"):
+    """The BLIP matcher of an encoder mode (fused: with its trained fusion) and, for `esam`, EfficientSAM."""
+    if encoder == "fused" and fusion is None:
+        raise usage_error(
+            "--encoder fused needs --fusion PATH (weights from `fusioncam train --what fusion`): an untrained fusion "
+            "is exactly plain BLIP, use --encoder blip for that"
+        )
+    if encoder != "fused" and fusion is not None:
+        raise usage_error("--fusion is only used with --encoder fused")
+    sam_preset = sam_preset_name(sam)
+    return loading(model, load, model, device=device, fusion=fusion, sam=sam_preset)
+
+
+def sam_preset_name(sam: str) -> str:
+    """`vitt`/`vits` name the official presets; anything else is a preset name or file."""
+    return f"efficient-sam-{sam}" if sam in ("vitt", "vits") else sam
 
 
 def progress_bar(quiet: bool) -> Progress:
@@ -71,48 +107,157 @@ def progress_bar(quiet: bool) -> Progress:
     )
 
 
-def heatmap_inputs(
-    image: str | None, texts: list[str], pairs: Path | None, recursive: bool
-) -> Iterator[Pair | Failure]:
-    """All pairs the arguments describe, validated as usage errors where they cannot mean anything."""
-    if pairs is not None:
-        if not pairs.is_file():
-            raise usage_error(f"--pairs file not found: {pairs}")
-        with pairs.open() as stream:
-            yield from read_jsonl(stream, str(pairs), pairs.parent)
+def pair_inputs(
+    image: str | None, texts: list[str], pairs: Path | None, recursive: bool, text_key: str = "text"
+) -> tuple[Iterator[Pair | Failure], int | None]:
+    """All pairs the arguments describe, and their number when known (stdin is streamed, not counted).
+
+    Files and folders are listed up front, so that usage errors surface before a model loads; stdin is streamed,
+    since a pipeline's upstream may still be writing.
+    """
+    if image is None and pairs is None:
+        raise usage_error(f'give an IMAGE (file, folder or \'-\') or --pairs FILE of {{"image", "{text_key}"}}')
+    if image == "-" and texts:
+        raise usage_error(f"with IMAGE '-' the {text_key}s come from the JSONL records on stdin; drop the argument")
+    if image not in (None, "-") and not Path(image).exists():
+        raise usage_error(f"no such image or folder: {image}")
+    if image not in (None, "-") and not texts:
+        raise usage_error(f"give the {text_key.upper()} as well, e.g. fusioncam … photo.jpg 'a dog'")
+    if pairs is not None and not pairs.is_file():
+        raise usage_error(f"--pairs file not found: {pairs}")
+
+    def generate() -> Iterator[Pair | Failure]:
+        if pairs is not None:
+            with pairs.open() as stream:
+                yield from read_jsonl(stream, str(pairs), pairs.parent, text_key)
+        if image == "-":
+            yield from read_jsonl(sys.stdin, "stdin", Path.cwd(), text_key)
+        elif image is not None:
+            yield from pairs_from_path(Path(image), texts, recursive)
+
     if image == "-":
-        if texts:
-            raise usage_error("with IMAGE '-' the texts come from the JSONL records on stdin; drop TEXT")
-        yield from read_jsonl(sys.stdin, "stdin", Path.cwd())
-    elif image is not None:
-        path = Path(image)
-        if not path.exists():
-            raise usage_error(f"no such image or folder: {image}")
-        if not texts:
-            raise usage_error("give the TEXT to explain, e.g. fusioncam heatmap photo.jpg 'a dog'")
-        yield from pairs_from_path(path, texts, recursive)
+        return generate(), None
+    listed = list(generate())
+    if not listed:
+        raise usage_error(f"nothing to do: no images found in {image}" if image else "no records in --pairs")
+    return iter(listed), len(listed)
 
 
-def run_heatmaps(
-    matcher: BlipMatcher,
-    batch: list[Pair],
-    block: int,
-    per_word: bool,
-) -> Iterator[tuple[Pair, object]]:
-    """(pair, Heatmap or failure reason) for every pair; an image shared by several texts is encoded once."""
+def decode_images(batch: list[Pair]) -> tuple[dict[Path, np.ndarray], dict[Path, str]]:
+    """Each distinct image of a batch decoded once; failures as reasons."""
     images, reasons = {}, {}
-    for pair in batch:
-        if pair.image not in images and pair.image not in reasons:
-            try:
-                images[pair.image] = load_image(pair.image)
-            except ImageDecodeError as error:
-                reasons[pair.image] = str(error)
+    for path in dict.fromkeys(pair.image for pair in batch):
+        try:
+            images[path] = load_image(path)
+        except ImageDecodeError as error:
+            reasons[path] = str(error)
+    return images, reasons
+
+
+Outcome = dict | str  # the record written for a pair, or why it failed
+
+
+def run_batches(
+    inputs: Iterator[Pair | Failure],
+    total: int | None,
+    batch_size: int,
+    label: str,
+    jsonl: bool,
+    quiet: bool,
+    process: Callable[[list[Pair]], Iterator[tuple[Pair, Outcome]]],
+) -> tuple[list[dict], list[Failure]]:
+    """Feed batches of pairs to `process`, report each result (a JSONL line) or failure, keep going on errors."""
+    records: list[dict] = []
+    failures: list[Failure] = []
+
+    def report_failure(failure: Failure) -> None:
+        failures.append(failure)
+        stderr.print(f"[red]failed[/red] {failure.origin}: {failure.reason}", highlight=False)
+        if jsonl:
+            record = {"image": failure.image, "text": failure.text, "error": failure.reason, "origin": failure.origin}
+            print(json.dumps(record), flush=True)
+
+    with progress_bar(quiet) as progress:
+        task = progress.add_task(label, total=total)
+        for chunk in batched(inputs, batch_size):
+            outcomes = {id(pair): outcome for pair, outcome in process([i for i in chunk if isinstance(i, Pair)])}
+            for item in chunk:  # reported in input order, so that JSONL output lines up with its input
+                outcome = item if isinstance(item, Failure) else outcomes[id(item)]
+                if isinstance(outcome, Failure):
+                    report_failure(outcome)
+                elif isinstance(outcome, str):
+                    report_failure(Failure(item.origin, outcome, str(item.image), item.text))
+                else:
+                    records.append(outcome)
+                    if jsonl:
+                        print(json.dumps(outcome), flush=True)
+            progress.advance(task, len(chunk))
+    return records, failures
+
+
+def safely(pair: Pair, write: Callable[..., dict], *args, **kwargs) -> tuple[Pair, Outcome]:
+    """Write a pair's outputs; a file-system error fails that pair only."""
+    try:
+        return pair, write(*args, **kwargs)
+    except OSError as error:
+        return pair, f"cannot write outputs: {error}"
+
+
+def finish(records: list[dict], failures: list[Failure], what: str, out: Path) -> None:
+    stderr.print(
+        f"{len(records)} {what} written to {out}" + (f", [red]{len(failures)} failed[/red]" if failures else "")
+    )
+    if failures:
+        raise typer.Exit(1)
+
+
+EncoderOption = Annotated[
+    str,
+    typer.Option(
+        help="blip: plain BLIP Grad-CAM; esam: refined by an EfficientSAM mask; fused: BLIP+EfficientSAM fusion "
+        "(needs --fusion)."
+    ),
+]
+FusionOption = Annotated[Path | None, typer.Option(help="Fusion weights from `fusioncam train --what fusion`.")]
+SamOption = Annotated[str, typer.Option("--sam-model", help="EfficientSAM: vitt, vits, or a preset name/file.")]
+PointsOption = Annotated[int, typer.Option("--points", min=1, max=6, help="Point prompts taken from the heatmap.")]
+SamLabelsOption = Annotated[
+    str,
+    typer.Option(
+        "--sam-labels",
+        help="fork: peak scores as SAM labels, as blip_esam_itm does (only the top point is foreground); "
+        "foreground: every point labelled foreground.",
+    ),
+]
+SamMaskOption = Annotated[
+    str, typer.Option("--sam-mask", help="first: SAM's first mask, as the fork; best-iou: the best predicted IoU.")
+]
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Folder for the files written per input.")]
+BatchOption = Annotated[int, typer.Option(min=1, help="Pairs per forward pass.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+PairsOption = Annotated[
+    Path | None, typer.Option(help="JSONL file of records with an image path (relative to the file) and the text.")
+]
+RecursiveOption = Annotated[bool, typer.Option("--recursive", "-r", help="Include subfolders of a folder.")]
+ImageArgument = Annotated[
+    str | None, typer.Argument(help="Image file, folder of images, or '-' for JSONL records on stdin.")
+]
+
+
+def check_choice(value: str, choices: tuple[str, ...], option: str) -> None:
+    if value not in choices:
+        raise usage_error(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def heatmap_results(matcher: BlipMatcher, batch: list[Pair], block: int, per_word: bool):
+    """(pair, image, Heatmap) or (pair, None, reason) per pair; each distinct image is encoded once."""
+    images, reasons = decode_images(batch)
     runnable = []
     for pair in batch:
         if pair.image in reasons:
-            yield pair, reasons[pair.image]
+            yield pair, None, reasons[pair.image]
         elif not clean_caption(pair.text):
-            yield pair, "the text is empty after cleaning: give at least one word"
+            yield pair, None, "the text is empty after cleaning: give at least one word"
         else:
             runnable.append(pair)
     if not runnable:
@@ -122,33 +267,57 @@ def run_heatmaps(
     index = [order.index(pair.image) for pair in runnable]
     results = matcher.heatmaps(embeds[index], [pair.text for pair in runnable], block=block, per_word=per_word)
     for pair, result in zip(runnable, results, strict=True):
-        yield pair, (images[pair.image], result)
+        yield pair, images[pair.image], result
+
+
+def refiner_for(encoder: str, sam: str, device: str, points: int, sam_labels: str, sam_mask: str) -> SamRefiner | None:
+    check_choice(sam_labels, ("fork", "foreground"), "--sam-labels")
+    check_choice(sam_mask, ("first", "best-iou"), "--sam-mask")
+    if encoder != "esam":
+        return None
+    model = loading(sam, load_sam, sam_preset_name(sam), device=device)
+    return SamRefiner(model, num_points=points, labels=sam_labels, mask_choice=sam_mask)
+
+
+def refined_results(matcher, refiner: SamRefiner, batch: list[Pair], block: int, per_word: bool):
+    """Heatmap results with the SAM refinement of each (image, map)."""
+    explained = list(heatmap_results(matcher, batch, block, per_word))
+    ok = [(pair, image, result) for pair, image, result in explained if image is not None]
+    refined = (
+        refiner.refine([p.image for p, _, _ in ok], [i for _, i, _ in ok], np.stack([r.heatmap for _, _, r in ok]))
+        if ok
+        else []
+    )
+    by_pair = {id(pair): item for (pair, _, _), item in zip(ok, refined, strict=True)}
+    for pair, image, result in explained:
+        yield pair, image, result, by_pair.get(id(pair))
 
 
 @app.command()
 def heatmap(
-    image: Annotated[
-        str | None, typer.Argument(help="Image file, folder of images, or '-' for JSONL records on stdin.")
-    ] = None,
+    image: ImageArgument = None,
     text: Annotated[list[str] | None, typer.Argument(help="Text(s) to explain over the image(s).")] = None,
-    pairs: Annotated[
-        Path | None, typer.Option(help='JSONL file of {"image": path, "text": ...} records (paths relative to it).')
-    ] = None,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Include subfolders of a folder.")] = False,
+    pairs: PairsOption = None,
+    recursive: RecursiveOption = False,
     model: ModelOption = "blip-itm-base",
     block: Annotated[int, typer.Option(help="Text-encoder block whose cross-attention is explained.")] = 6,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for overlays, raw maps and JSON.")] = Path(
-        "fusioncam-out"
-    ),
+    encoder: EncoderOption = "blip",
+    fusion: FusionOption = None,
+    sam_model: SamOption = "vitt",
+    points: PointsOption = 5,
+    sam_labels: SamLabelsOption = "fork",
+    sam_mask: SamMaskOption = "first",
+    save_mask: Annotated[bool, typer.Option("--save-mask", help="With --encoder esam: the SAM mask as PNG.")] = False,
+    out: OutOption = Path("fusioncam-out"),
     per_word: Annotated[
         bool, typer.Option("--per-word", help="Also a map per word, and a contact sheet of them all.")
     ] = False,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity in the overlay.")] = 0.5,
     colormap: Annotated[str, typer.Option(help=f"One of: {', '.join(COLORMAPS)}.")] = "jet",
     device: DeviceOption = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Pairs per forward pass.")] = 8,
+    batch_size: BatchOption = 8,
     jsonl: JsonlOption = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Grad-CAM heatmap of TEXT over IMAGE: overlay PNG, raw .npy map and a JSON record per pair.
 
@@ -158,60 +327,47 @@ def heatmap(
 
       fusioncam heatmap photos/ "a red car" --recursive --out maps/
 
+      fusioncam heatmap dog.jpg "the dog" --encoder esam --save-mask
+
       jq -c '{image, text: .caption}' captions.jsonl | fusioncam heatmap - --jsonl
     """
-    if image is None and pairs is None:
-        raise usage_error("give an IMAGE (file, folder or '-') or --pairs FILE")
+    check_choice(encoder, ENCODERS, "--encoder")
     if colormap not in COLORMAPS:
         raise usage_error(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
-    inputs = heatmap_inputs(image, text or [], pairs, recursive)
-    # Files and folders are listed up front (usage errors surface before a model loads, and the progress bar
-    # gets a total); stdin is streamed, since a pipeline's upstream may still be writing.
-    total = None
-    if image != "-":
-        inputs = list(inputs)
-        total = len(inputs)
-        inputs = iter(inputs)
-    first = next(inputs, None)
-    if first is None:
-        raise usage_error(f"nothing to do: no images found in {image}" if image else "no records in --pairs")
-    matcher = load_matcher(model, device)
+    if save_mask and encoder != "esam":
+        raise usage_error("--save-mask needs --encoder esam (the mask comes from EfficientSAM)")
+    inputs, total = pair_inputs(image, text or [], pairs, recursive)
+    matcher = load_matcher(model, device, encoder, fusion, sam_model)
     if not 0 <= block < matcher.num_blocks:
         raise usage_error(f"--block must be in 0..{matcher.num_blocks - 1} for {matcher.name}")
+    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask)
 
-    records, failures = [], []
+    def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
+        if refiner is None:
+            results = (
+                (pair, image, result, None) for pair, image, result in heatmap_results(matcher, batch, block, per_word)
+            )
+        else:
+            results = refined_results(matcher, refiner, batch, block, per_word)
+        for pair, picture, result, refined in results:
+            if picture is None:
+                yield pair, result
+                continue
+            yield safely(
+                pair,
+                write_heatmap,
+                out,
+                pair,
+                picture,
+                result,
+                matcher.name,
+                alpha,
+                colormap,
+                refined=refined,
+                save_mask=save_mask,
+            )
 
-    def report_failure(failure: Failure) -> None:
-        failures.append(failure)
-        stderr.print(f"[red]failed[/red] {failure.origin}: {failure.reason}")
-        if jsonl:
-            record = {"image": failure.image, "text": failure.text, "error": failure.reason, "origin": failure.origin}
-            print(json.dumps(record), flush=True)
-
-    def all_inputs() -> Iterator[Pair | Failure]:
-        yield first
-        yield from inputs
-
-    with progress_bar(quiet) as progress:
-        task = progress.add_task("heatmaps", total=total)
-        for chunk in batched(all_inputs(), batch_size):
-            for failure in (item for item in chunk if isinstance(item, Failure)):
-                report_failure(failure)
-            batch = [item for item in chunk if isinstance(item, Pair)]
-            for pair, outcome in run_heatmaps(matcher, batch, block, per_word):
-                if isinstance(outcome, str):
-                    report_failure(Failure(pair.origin, outcome, str(pair.image), pair.text))
-                    continue
-                try:
-                    record = write_heatmap(out, pair, *outcome, model=matcher.name, alpha=alpha, colormap=colormap)
-                except OSError as error:
-                    report_failure(Failure(pair.origin, f"cannot write outputs: {error}", str(pair.image), pair.text))
-                    continue
-                records.append(record)
-                if jsonl:
-                    print(json.dumps(record), flush=True)
-            progress.advance(task, len(chunk))
-
+    records, failures = run_batches(inputs, total, batch_size, "heatmaps", jsonl, quiet, process)
     if not jsonl and records:
         table = Table("image", "text", "ITM", "ITC", "peak (x, y)")
         table.add_column("overlay", overflow="fold")
@@ -226,10 +382,170 @@ def heatmap(
                 record["outputs"]["overlay"],
             )
         stdout.print(table)
-    summary = f"{len(records)} heatmap(s) written to {out}"
-    stderr.print(summary + (f", [red]{len(failures)} failed[/red]" if failures else ""))
-    if failures:
-        raise typer.Exit(1)
+    finish(records, failures, "heatmap(s)", out)
+
+
+@app.command()
+def segment(
+    image: ImageArgument = None,
+    text: Annotated[list[str] | None, typer.Argument(help="Text(s) naming the object to cut out.")] = None,
+    pairs: PairsOption = None,
+    recursive: RecursiveOption = False,
+    model: ModelOption = "blip-itm-base",
+    block: Annotated[int, typer.Option(help="Text-encoder block whose cross-attention is explained.")] = 6,
+    sam_model: SamOption = "vitt",
+    points: PointsOption = 5,
+    sam_labels: SamLabelsOption = "fork",
+    sam_mask: SamMaskOption = "first",
+    out: OutOption = Path("fusioncam-out"),
+    device: DeviceOption = "auto",
+    batch_size: BatchOption = 8,
+    jsonl: JsonlOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Text-prompted object mask: BLIP heatmap of TEXT → peaks → EfficientSAM mask of the object.
+
+    Writes per pair the mask (PNG, 0/255, image resolution), the object cut out (RGBA PNG), the mask over the
+    image, and a JSON record (prompt points, mask IoU estimate, area, box).
+
+    Example: fusioncam segment dogs.jpg "the stick" --out masks/
+    """
+    inputs, total = pair_inputs(image, text or [], pairs, recursive)
+    matcher = load_matcher(model, device)
+    if not 0 <= block < matcher.num_blocks:
+        raise usage_error(f"--block must be in 0..{matcher.num_blocks - 1} for {matcher.name}")
+    refiner = refiner_for("esam", sam_model, device, points, sam_labels, sam_mask)
+
+    def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
+        for pair, picture, result, refined in refined_results(matcher, refiner, batch, block, per_word=False):
+            if picture is None:
+                yield pair, result
+            else:
+                yield safely(pair, write_segment, out, pair, picture, result, refined, matcher.name)
+
+    records, failures = run_batches(inputs, total, batch_size, "masks", jsonl, quiet, process)
+    if not jsonl and records:
+        table = Table("image", "text", "ITM", "mask area", "SAM IoU")
+        table.add_column("mask", overflow="fold")
+        for record in records:
+            sam = record["sam"]
+            table.add_row(
+                Path(record["image"]).name,
+                record["text"],
+                f"{record['itm_score']:.3f}",
+                f"{sam['mask_area']:.1%}",
+                f"{sam['mask_iou']:.3f}",
+                record["outputs"]["mask"],
+            )
+        stdout.print(table)
+    finish(records, failures, "mask(s)", out)
+
+
+@app.command()
+def vqa(
+    image: ImageArgument = None,
+    question: Annotated[
+        str | None, typer.Argument(help="The question (for a file or every image of a folder).")
+    ] = None,
+    pairs: PairsOption = None,
+    recursive: RecursiveOption = False,
+    model: Annotated[str, typer.Option("--model", "-m", help="BLIP ITM preset whose heatmap picks patches.")] = (
+        "blip-itm-large"
+    ),
+    caption_model: Annotated[str, typer.Option(help="BLIP caption preset.")] = "blip-caption-large",
+    qa_model: Annotated[str, typer.Option(help="UnifiedQA preset (base, large, 3b).")] = "unifiedqa-v2-t5-base",
+    encoder: EncoderOption = "blip",
+    fusion: FusionOption = None,
+    sam_model: SamOption = "vitt",
+    points: PointsOption = 5,
+    sam_labels: SamLabelsOption = "fork",
+    sam_mask: SamMaskOption = "first",
+    block: Annotated[int, typer.Option(help="ITM block of the question heatmap (PNP-VQA: 7).")] = 7,
+    num_captions: Annotated[int, typer.Option(min=1, help="Distinct captions per question.")] = 100,
+    num_patches: Annotated[int, typer.Option(min=1, help="Patches sampled for each caption.")] = 20,
+    captions_per_passage: Annotated[int, typer.Option(min=1, help="Captions per FiD passage.")] = 1,
+    caption_min_length: Annotated[int, typer.Option(min=1, help="Caption length, prompt included.")] = 10,
+    caption_max_length: Annotated[int, typer.Option(min=2, help="Caption length, prompt included.")] = 20,
+    top_k: Annotated[int, typer.Option(min=0, help="Caption sampling: top-k (0 = off).")] = 50,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Caption sampling: nucleus mass.")] = 1.0,
+    repetition_penalty: Annotated[float, typer.Option(min=1.0, help="Caption sampling penalty.")] = 1.0,
+    answer_beams: Annotated[int, typer.Option(min=1, help="Beams for the answer (1 = greedy).")] = 1,
+    explain: Annotated[bool, typer.Option(help="Measure each caption's contribution and draw the answer map.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of patch and caption sampling (same seed, same answer).")] = 0,
+    out: OutOption = Path("fusioncam-out"),
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity in the overlays.")] = 0.5,
+    colormap: Annotated[str, typer.Option(help=f"One of: {', '.join(COLORMAPS)}.")] = "jet",
+    device: DeviceOption = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Questions answered together.")] = 4,
+    jsonl: JsonlOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Answer QUESTION about IMAGE the PNP-VQA way, and show where the answer came from.
+
+    The question's heatmap picks the patches each caption is decoded from; UnifiedQA reads the captions
+    (Fusion-in-Decoder) and answers. Per question it writes the heatmap and the answer map (each caption's
+    contribution to the answer, spread over the patches it came from) as overlays and raw maps, and a JSON
+    record with the captions, their contributions and the time per stage.
+
+    Examples:
+
+      fusioncam vqa dogs.jpg "what are the dogs carrying?"
+
+      fusioncam vqa - --jsonl < questions.jsonl     # {"image": ..., "question": ...} per line
+    """
+    check_choice(encoder, ENCODERS, "--encoder")
+    if colormap not in COLORMAPS:
+        raise usage_error(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
+    if caption_min_length > caption_max_length:
+        raise usage_error("--caption-min-length exceeds --caption-max-length")
+    inputs, total = pair_inputs(image, [question] if question else [], pairs, recursive, text_key="question")
+    matcher = load_matcher(model, device, encoder, fusion, sam_model)
+    if not 0 <= block < matcher.num_blocks:
+        raise usage_error(f"--block must be in 0..{matcher.num_blocks - 1} for {matcher.name}")
+    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask)
+    captioner = loading(caption_model, load_captioner, caption_model, device=device)
+    answerer = loading(qa_model, load_qa, qa_model, device=device)
+    config = VQAConfig(
+        block=block,
+        num_captions=num_captions,
+        num_patches=min(
+            num_patches, matcher.model.vision_encoder.grid_size[0] * matcher.model.vision_encoder.grid_size[1]
+        ),
+        caption_min_length=caption_min_length,
+        caption_max_length=caption_max_length,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        captions_per_passage=captions_per_passage,
+        answer_beams=answer_beams,
+        explain=explain,
+    )
+    pipeline = PNPVQA(matcher, captioner, answerer, config, refiner)
+    models = {"itm": matcher.name, "caption": captioner.name, "qa": answerer.name, "encoder": encoder}
+    generator = torch.Generator().manual_seed(seed)
+
+    def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
+        images, reasons = decode_images(batch)
+        runnable = [pair for pair in batch if pair.image not in reasons]
+        for pair in batch:
+            if pair.image in reasons:
+                yield pair, reasons[pair.image]
+        if not runnable:
+            return
+        results = pipeline.answer(
+            [images[pair.image] for pair in runnable],
+            [pair.text for pair in runnable],
+            generator,
+            keys=[pair.image for pair in runnable],
+        )
+        for pair, result in zip(runnable, results, strict=True):
+            yield safely(pair, write_vqa, out, pair, images[pair.image], result, models, alpha, colormap)
+
+    records, failures = run_batches(inputs, total, batch_size, "questions", jsonl, quiet, process)
+    if not jsonl:
+        for record in records:
+            print(f"{Path(record['image']).name}\t{record['question']}\t{record['answer']}")
+    finish(records, failures, "answer(s)", out)
 
 
 @app.command()

@@ -7,7 +7,19 @@ UnifiedQA-T5 with Fusion-in-Decoder reads "question \\n captions" passages → a
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
 import torch
+
+from fusioncam.api import BlipMatcher, Captioner, QuestionAnswerer, SamRefiner
+from fusioncam.models.decoding import DecodingConfig
+from fusioncam.models.t5_fid import DEFAULT_MAX_NEW_TOKENS, FiDEncoding
+from fusioncam.text import clean_question
+from fusioncam.vqa_text import add_new_captions, qa_passages, question_for_itm
 
 
 def gather_patches(image_embeds: torch.Tensor, patch_ids: torch.Tensor) -> torch.Tensor:
@@ -20,3 +32,224 @@ def gather_patches(image_embeds: torch.Tensor, patch_ids: torch.Tensor) -> torch
     index = (patch_ids + 1).sort(dim=-1).values.reshape(batch, captions * patches)
     gathered = image_embeds.gather(1, index[..., None].expand(-1, -1, image_embeds.shape[-1]))
     return gathered.reshape(batch * captions, patches, -1)
+
+
+@dataclass(frozen=True)
+class VQAConfig:
+    """PNP-VQA settings; the defaults are LAVIS's evaluation settings for `pnp_vqa` base."""
+
+    block: int = 7  # ITM text block whose cross-attention Grad-CAM picks the patches
+    num_captions: int = 100
+    num_patches: int = 20
+    caption_min_length: int = 10  # in tokens, prompt included
+    caption_max_length: int = 20
+    top_k: int = 50
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    captions_per_passage: int = 1
+    answer_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    answer_beams: int = 1
+    # LAVIS samples until every question has `num_captions` distinct captions, however long that takes; we stop
+    # after this many rounds and answer with what we have (a tiny or degenerate captioner may never get there).
+    max_caption_rounds: int = 10
+    explain: bool = True
+
+
+@dataclass
+class Evidence:
+    """One caption the answer was read from: the patches it was decoded from and its effect on the answer.
+
+    `contribution` = log p(answer | all passages) − log p(answer | all passages but this caption's): how much more
+    likely the answer became because of it (negative: it argued against the answer).
+    """
+
+    caption: str
+    patches: list[int]
+    contribution: float | None = None
+
+
+@dataclass
+class VQAResult:
+    """An answer, the question's heatmap and the answer map on the patch grid, the evidence, time per stage."""
+
+    question: str
+    answer: str
+    heatmap: np.ndarray
+    answer_map: np.ndarray | None
+    evidence: list[Evidence]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class PNPVQA:
+    """Plug-and-play VQA: BLIP ITM (where to look) → BLIP captioner (what is there) → UnifiedQA FiD (the answer)."""
+
+    def __init__(
+        self,
+        matcher: BlipMatcher,
+        captioner: Captioner,
+        qa: QuestionAnswerer,
+        config: VQAConfig,
+        refiner: SamRefiner | None = None,
+    ) -> None:
+        """`refiner` (encoder mode `esam`) sharpens each question's heatmap with EfficientSAM before sampling."""
+        self.matcher, self.captioner, self.qa, self.config, self.refiner = matcher, captioner, qa, config, refiner
+
+    def answer(
+        self,
+        images: Sequence[np.ndarray],
+        questions: Sequence[str],
+        generator: torch.Generator | None = None,
+        keys: Sequence[object] | None = None,
+    ) -> list[VQAResult]:
+        """Answer question i about image i, for a batch of pairs; `generator` makes sampling repeatable.
+
+        `keys` name the images (e.g. paths) so that the refiner encodes an image asked several questions once.
+        """
+        config, seconds = self.config, {}
+        with _timed(seconds, "heatmap"):
+            heatmaps = self.matcher.heatmaps(
+                images, questions, block=config.block, clean=lambda q: question_for_itm(clean_question(q))
+            )
+        maps = np.stack([heatmap.heatmap for heatmap in heatmaps])
+        if self.refiner is not None:
+            with _timed(seconds, "refine"):
+                refined = self.refiner.refine(keys or [object() for _ in images], images, maps)
+                maps = np.stack([item.heatmap.numpy() for item in refined])
+        with _timed(seconds, "captions"):
+            maps = torch.from_numpy(maps)
+            evidence = self._captions(images, maps.flatten(1), generator)
+        grid = tuple(maps.shape[1:])
+        answers: list[str] = [""] * len(questions)
+        answer_maps: list[np.ndarray | None] = [None] * len(questions)
+        for group in self._groups(questions, evidence):
+            with _timed(seconds, "answer"):
+                passages = [group_passages for _, group_passages in group]
+                encoding = self.qa.model.encode(*self.qa.tokenize(passages))
+                answer_ids = self.qa.model.generate(
+                    encoding, num_beams=config.answer_beams, max_new_tokens=config.answer_max_new_tokens
+                )
+                for (index, _), text in zip(group, self.qa.decode(answer_ids), strict=True):
+                    answers[index] = text
+            if config.explain:
+                with _timed(seconds, "explain"):
+                    for row, (index, _) in enumerate(group):
+                        answer_maps[index] = self._explain(encoding, row, answer_ids[row, 1:], evidence[index], grid)
+        per_question = {stage: value / len(questions) for stage, value in seconds.items()}
+        return [
+            VQAResult(
+                question, answers[index], heatmaps[index].heatmap, answer_maps[index], evidence[index], per_question
+            )
+            for index, question in enumerate(questions)
+        ]
+
+    def _captions(
+        self, images: Sequence[np.ndarray], gradcams: torch.Tensor, generator: torch.Generator | None
+    ) -> list[list[Evidence]]:
+        """Sample patch sets from each question's heatmap and caption them until enough distinct captions."""
+        config, captioner = self.config, self.captioner
+        image_embeds = captioner.embed_images(images)
+        weights = _sampling_weights(gradcams, config.num_patches).to(image_embeds.device)
+        batch = len(images)
+        decoding = DecodingConfig(
+            strategy="sample",
+            max_length=config.caption_max_length,
+            min_length=config.caption_min_length,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            repetition_penalty=config.repetition_penalty,
+        )
+        tokenizer = captioner.tokenizer
+        prompt = captioner.model.config.prompt
+        kept: list[list[str]] = [[] for _ in range(batch)]
+        patches_of: list[dict[str, list[int]]] = [{} for _ in range(batch)]
+        for _ in range(config.max_caption_rounds):
+            # One draw of `num_patches` patches per caption slot and question, without replacement.
+            draws = torch.multinomial(
+                weights.repeat_interleave(config.num_captions, dim=0), config.num_patches, generator=generator
+            ).reshape(batch, config.num_captions, config.num_patches)
+            patches = gather_patches(image_embeds, draws.to(image_embeds.device))
+            with torch.no_grad():
+                ids = captioner.model.generate(
+                    patches,
+                    tokenizer.prompt_ids(prompt, len(patches)).to(image_embeds.device),
+                    tokenizer.sep_token_id,
+                    tokenizer.pad_token_id,
+                    decoding,
+                    generator,
+                )
+            decoded = tokenizer.decode(ids)
+            kept_before = [list(captions) for captions in kept]
+            kept = add_new_captions(kept, decoded, prompt, config.num_captions)
+            for image in range(batch):
+                for caption in kept[image][len(kept_before[image]) :]:
+                    slot = next(
+                        k
+                        for k in range(config.num_captions)
+                        if decoded[image * config.num_captions + k][len(prompt) :] == caption
+                    )
+                    patches_of[image][caption] = sorted(draws[image, slot].tolist())
+            if min(len(captions) for captions in kept) >= config.num_captions:
+                break
+        return [[Evidence(caption, patches_of[image][caption]) for caption in kept[image]] for image in range(batch)]
+
+    def _groups(self, questions: Sequence[str], evidence: list[list[Evidence]]) -> list[list[tuple[int, list[str]]]]:
+        """Questions with their passages, grouped by passage count (FiD batches need one count per batch)."""
+        config = self.config
+        groups: dict[int, list[tuple[int, list[str]]]] = {}
+        for index, (question, found) in enumerate(zip(questions, evidence, strict=True)):
+            captions = [item.caption for item in found]
+            passages = qa_passages(clean_question(question), captions, config.num_captions, config.captions_per_passage)
+            if not passages:
+                raise RuntimeError(f"no caption could be generated for {question!r}; nothing to answer from")
+            groups.setdefault(len(passages), []).append((index, passages))
+        return list(groups.values())
+
+    def _explain(
+        self,
+        encoding: FiDEncoding,
+        row: int,
+        answer_ids: torch.Tensor,
+        evidence: list[Evidence],
+        grid: tuple[int, int],
+    ) -> np.ndarray:
+        """Each caption's contribution (log-probability drop of the answer without its passage) and the answer map.
+
+        Why the drop and not the decoder's cross-attention mass per passage: attention says where the decoder
+        read, not whether that changed the answer; removing a passage measures its effect on this very answer.
+        FiD makes it cheap: passages are encoded separately, so dropping one needs no re-encoding. The map adds each
+        caption's positive contribution onto the patches it was decoded from.
+        """
+        model, per_passage = self.qa.model, self.config.captions_per_passage
+        one = FiDEncoding(
+            encoding.last_hidden_state[row : row + 1], encoding.attention_mask[row : row + 1], encoding.num_passages
+        )
+        answer_ids = answer_ids[None]
+        full = float(model.answer_log_prob(one, answer_ids)[0])
+        answer_map = np.zeros(grid[0] * grid[1], dtype=np.float32)
+        for passage in range(encoding.num_passages):
+            drop = full - float(model.answer_log_prob(one.without_passage(passage), answer_ids)[0])
+            for item in evidence[passage * per_passage : (passage + 1) * per_passage]:
+                item.contribution = drop
+                if drop > 0:
+                    answer_map[item.patches] += drop
+        return answer_map.reshape(grid)
+
+
+def _sampling_weights(gradcams: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """Heatmaps [B, N] as sampling weights for drawing `num_patches` patches without replacement.
+
+    LAVIS samples straight from the Grad-CAM map; a map with fewer positive cells than `num_patches` (all zero for
+    an untrained model) would make `multinomial` fail, so such a row gets a tiny uniform floor. Rows with enough
+    positive cells are used exactly as they are.
+    """
+    weights = gradcams.clamp(min=0).double()
+    short = (weights > 0).sum(-1) < num_patches
+    floor = weights.sum(-1, keepdim=True).clamp(min=1e-12) * 1e-6 / weights.shape[-1]
+    return torch.where(short[:, None], weights + floor, weights)
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start

@@ -1,7 +1,7 @@
-"""`fusioncam heatmap` / `score` / `weights` end to end on a tiny random-weight preset written by the test.
+"""The CLI end to end on tiny random-weight presets written by the test (`tests/tiny_presets.py`).
 
-The preset points at the tiny LAVIS-layout BLIP of the reference fixtures (random weights, 24×24 grid), so
-every run goes through the real loaders, tokenizer, preprocessing, Grad-CAM and writers.
+The presets point at the reference fixtures' models (random weights, 24×24 grid), so every run goes through the
+real loaders, tokenizers, preprocessing, Grad-CAM, EfficientSAM, captioner, UnifiedQA and writers.
 """
 
 from __future__ import annotations
@@ -13,50 +13,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import reference_root
+from tiny_presets import write_tiny_presets
 from typer.testing import CliRunner
 
 import fusioncam
 from fusioncam.cli import app
 
-TINY_PRESET = """\
-kind = "blip-itm"
-layout = "lavis"
-description = "tiny random-weight BLIP ITM for tests"
-license = "BSD-3-Clause"
 
-[config]
-embed_dim = 16
-max_txt_len = 10
-
-[config.vision]
-image_size = 384
-width = 32
-depth = 2
-num_heads = 4
-
-[config.text]
-vocab_size = 144
-hidden_size = 48
-num_layers = 3
-num_heads = 12
-intermediate_size = 96
-max_position_embeddings = 64
-encoder_width = 32
-
-[files.checkpoint]
-path = "{case}/weights.safetensors"
-
-[files.vocab]
-path = "{case}/vocab.txt"
-"""
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_tiny_presets(tmp_path_factory.mktemp("presets"))
 
 
 @pytest.fixture(scope="module")
-def tiny_preset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("preset") / "tiny-blip.toml"
-    path.write_text(TINY_PRESET.format(case=reference_root() / "blip_itm_gradcam"))
-    return path
+def tiny_preset(presets: dict[str, Path]) -> Path:
+    return presets["itm"]
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +55,7 @@ def test_heatmap_of_one_file_matches_the_library(tiny_preset: Path, dogs_jpg: Pa
     assert len(records) == 1
     record = json.loads(records[0].read_text())
     assert record["text"] == "A dog running!" and record["cleaned_text"] == "a dog running"
-    assert record["model"] == "tiny-blip" and record["block"] == 2
+    assert record["model"] == "tiny-itm" and record["block"] == 2
     image = cv2.imread(str(dogs_jpg))
     overlay = cv2.imread(record["outputs"]["overlay"])
     assert overlay.shape == image.shape
@@ -191,3 +162,94 @@ def test_weights_list_and_path(tiny_preset: Path) -> None:
     assert {"blip-itm-base", "blip-itm-large"} <= names
     path = run("weights", "path", str(tiny_preset), "--role", "vocab")
     assert path.exit_code == 0 and path.stdout.strip().endswith("vocab.txt")
+
+
+def _binary_mask_at(path: str, shape: tuple[int, int]) -> np.ndarray:
+    mask = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    assert mask.shape == shape
+    assert set(np.unique(mask)) <= {0, 255}
+    return mask
+
+
+@pytest.fixture
+def sam_embed_count(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many images EfficientSAM's image encoder has embedded (the real `embed`, counted)."""
+    from fusioncam.models.efficient_sam import EfficientSam
+
+    embedded: list[int] = []
+    original = EfficientSam.embed
+
+    def counting(self, images):
+        embedded.append(len(images))
+        return original(self, images)
+
+    monkeypatch.setattr(EfficientSam, "embed", counting)
+    return embedded
+
+
+def test_heatmap_esam_refines_and_saves_the_mask(presets, dogs_jpg: Path, tmp_path: Path, sam_embed_count) -> None:
+    args = ["--model", presets["itm"], "--sam-model", presets["sam"], "--block", "1", "--out", tmp_path]
+    result = run("heatmap", dogs_jpg, "a dog", "a stick", "--encoder", "esam", "--save-mask", "--jsonl", *args)
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sum(sam_embed_count) == 1  # one image, two texts: embedded once
+    height, width = cv2.imread(str(dogs_jpg)).shape[:2]
+    for record in records:
+        assert record["encoder"] == "esam"
+        sam = record["sam"]
+        assert len(sam["points"]) == 5 and len(sam["weights"]) == 5 and max(sam["weights"]) == 1.0
+        assert all(0 <= p["x"] < width and 0 <= p["y"] < height for p in sam["points"])
+        assert 0.0 <= sam["mask_area"] <= 1.0
+        mask = _binary_mask_at(record["outputs"]["mask"], (height, width))
+        assert sam["mask_area"] == pytest.approx((mask > 0).mean(), abs=1e-6)
+        refined = np.load(record["outputs"]["heatmap"])
+        assert refined.shape == (24, 24) and refined.min() == 0.0 and refined.max() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_segment_folder_and_jsonl(presets, photos: Path, tmp_path: Path, sam_embed_count) -> None:
+    args = ["--model", presets["itm"], "--sam-model", presets["sam"], "--block", "1"]
+    folder = run("segment", photos, "a dog", "a ball", "--recursive", "--out", tmp_path / "folder", *args)
+    assert folder.exit_code == 1 and "broken.jpg" in folder.stderr  # the corrupt image fails alone
+    assert sum(sam_embed_count) == 2  # two readable images, two texts each: each image embedded once
+    records = [json.loads(path.read_text()) for path in (tmp_path / "folder").rglob("*.json")]
+    assert len(records) == 4
+    for record in records:
+        size = record["image_size"]
+        _binary_mask_at(record["outputs"]["mask"], (size["height"], size["width"]))
+        cut = cv2.imread(record["outputs"]["cutout"], cv2.IMREAD_UNCHANGED)
+        assert cut.shape == (size["height"], size["width"], 4)
+
+    lines = [{"image": str(photos / "sub" / "gradient.png"), "text": "the wall"}, {"image": "nope.png", "text": "x"}]
+    stdin = "\n".join(json.dumps(line) for line in lines)
+    piped = run("segment", "-", "--jsonl", "--out", tmp_path / "piped", *args, stdin=stdin)
+    assert piped.exit_code == 1
+    out = [json.loads(line) for line in piped.stdout.splitlines()]
+    assert [("error" in record) for record in out] == [False, True]
+    _binary_mask_at(out[0]["outputs"]["mask"], (80, 120))
+
+
+def test_fused_needs_fusion_weights(presets, dogs_jpg: Path) -> None:
+    result = run("heatmap", dogs_jpg, "a dog", "--encoder", "fused", "--model", presets["itm"])
+    assert result.exit_code == 2 and "untrained fusion" in result.stderr
+
+
+def test_vqa_file_folder_and_jsonl(presets, photos: Path, tmp_path: Path) -> None:
+    args = ["--model", presets["itm"], "--caption-model", presets["caption"], "--qa-model", presets["qa"]]
+    args += ["--block", "1", "--num-captions", "3", "--caption-min-length", "6", "--caption-max-length", "10"]
+    single = run("vqa", photos / "dogs.jpg", "what is the dog holding?", "--jsonl", "--out", tmp_path / "a", *args)
+    assert single.exit_code == 0, single.stderr
+    (record,) = [json.loads(line) for line in single.stdout.splitlines()]
+    assert isinstance(record["answer"], str) and len(record["captions"]) == 3
+    assert all(isinstance(item["contribution"], float) and len(item["patches"]) == 20 for item in record["captions"])
+    assert set(record["seconds"]) >= {"heatmap", "captions", "answer", "explain"}
+    assert all(Path(path).is_file() for path in record["outputs"].values())
+    assert np.load(record["outputs"]["answer_map"]).shape == (24, 24)
+
+    folder = run("vqa", photos, "is it raining?", "--recursive", "--out", tmp_path / "b", *args)
+    assert folder.exit_code == 1 and "broken.jpg" in folder.stderr
+    assert len(folder.stdout.strip().splitlines()) == 2  # image, question, answer per line
+
+    stdin = json.dumps({"image": str(photos / "dogs.jpg"), "question": "how many dogs?"})
+    piped = run("vqa", "-", "--jsonl", "--out", tmp_path / "c", *args, stdin=stdin)
+    assert piped.exit_code == 0, piped.stderr
+    assert json.loads(piped.stdout)["question"] == "how many dogs?"

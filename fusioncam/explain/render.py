@@ -112,12 +112,21 @@ def contact_sheet(
     return _grid(cells, pad=max(2, tile // 64))
 
 
-def save_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
-    """Write an RGB image as PNG, creating parent folders; any path the OS accepts works (OpenCV's imwrite
-    does not take non-ASCII paths on every platform, so we encode in memory and write the bytes)."""
-    check_rgb(rgb)
+def save_png(path: str | os.PathLike, pixels: np.ndarray) -> None:
+    """Write an RGB image, an RGBA image or a single-channel mask as PNG, creating parent folders.
+
+    Any path the OS accepts works (OpenCV's imwrite does not take non-ASCII paths on every platform, so we encode
+    in memory and write the bytes).
+    """
     path = Path(path)
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if pixels.ndim == 2 and pixels.dtype == np.uint8:
+        encodable = pixels
+    elif pixels.ndim == 3 and pixels.shape[2] == 4 and pixels.dtype == np.uint8:
+        encodable = cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA)
+    else:
+        check_rgb(pixels)
+        encodable = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", encodable)
     if not ok:
         raise OSError(f"cannot encode {path} as PNG")
     try:
@@ -125,6 +134,25 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
         path.write_bytes(encoded.tobytes())
     except OSError as e:
         raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, color=(30, 144, 255)) -> np.ndarray:
+    """The image with the mask's pixels tinted by `color` and its outline drawn, RGB uint8."""
+    check_rgb(image)
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"mask {mask.shape} does not match the image {image.shape[:2]}")
+    tinted = image.astype(np.float32)
+    tinted[mask] = (1 - alpha) * tinted[mask] + alpha * np.asarray(color, np.float32)
+    out = tinted.round().astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, color, thickness=max(1, min(image.shape[:2]) // 200))
+    return out
+
+
+def cutout(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """RGBA image whose alpha is the mask: the object alone, transparent elsewhere."""
+    check_rgb(image)
+    return np.dstack([image, np.where(mask, 255, 0).astype(np.uint8)])
 
 
 def _check_map(heatmap: np.ndarray) -> np.ndarray:
