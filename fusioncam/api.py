@@ -211,7 +211,7 @@ def _expect_kind(preset: Preset, kind: str) -> None:
         raise ValueError(f"preset {preset.name!r} is a {preset.kind} model, not a {kind} model")
 
 
-def _blip_transform(preset: Preset, image_size: int) -> ImageTransform:
+def blip_preset_transform(preset: Preset, image_size: int) -> ImageTransform:
     """The preprocessing a BLIP preset's weights expect (LAVIS `blip_image_eval` unless the preset says more)."""
     preprocess = {"image_size": image_size, "mean": BLIP_MEAN, "std": BLIP_STD} | preset.preprocess
     transform = ImageTransform(
@@ -228,7 +228,7 @@ def _blip_transform(preset: Preset, image_size: int) -> ImageTransform:
     return transform
 
 
-def _blip_tokenizer(preset: Preset, vocab: Path, max_length: int, vocab_size: int) -> BlipTokenizer:
+def blip_preset_tokenizer(preset: Preset, vocab: Path, max_length: int, vocab_size: int) -> BlipTokenizer:
     tokenizer = BlipTokenizer(vocab, max_length=max_length)
     if len(tokenizer) != vocab_size:
         raise ValueError(
@@ -258,8 +258,8 @@ def load(
     load_blip_itm_weights(model, read_state_dict(checkpoint), preset.layout, str(checkpoint))
     model.float()  # half-precision checkpoints run in float32 like the reference
     config = model.config
-    transform = _blip_transform(preset, config.vision.image_size)
-    tokenizer = _blip_tokenizer(preset, vocab, config.max_txt_len, config.text.vocab_size)
+    transform = blip_preset_transform(preset, config.vision.image_size)
+    tokenizer = blip_preset_tokenizer(preset, vocab, config.max_txt_len, config.text.vocab_size)
     target = pick_device(device)
     fused = None
     if fusion is not None:
@@ -299,8 +299,8 @@ def load_captioner(name: str = "blip-caption-large", device: str = "auto", downl
         model = BlipCaption(config)
     load_blip_caption_weights(model, read_state_dict(checkpoint), preset.layout, str(checkpoint))
     model = model.float().to(pick_device(device)).eval().requires_grad_(False)
-    transform = _blip_transform(preset, config.vision.image_size)
-    tokenizer = _blip_tokenizer(preset, vocab, config.max_txt_len, config.text.vocab_size)
+    transform = blip_preset_transform(preset, config.vision.image_size)
+    tokenizer = blip_preset_tokenizer(preset, vocab, config.max_txt_len, config.text.vocab_size)
     return Captioner(model, tokenizer, transform, preset.name)
 
 

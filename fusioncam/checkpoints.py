@@ -115,7 +115,10 @@ HF_BLIP_ITM = Layout(
     ignore=(r"text_encoder\.embeddings\.position_ids", r"text_encoder\.pooler\..*"),
 )
 
-BLIP_ITM_LAYOUTS = {layout.name: layout for layout in (LAVIS_BLIP_ITM, HF_BLIP_ITM)}
+# Our own names, as `fusioncam train` writes them (`BlipITM.state_dict()`): nothing to rename or ignore.
+FUSIONCAM_BLIP_ITM = Layout(name="fusioncam", renames=())
+
+BLIP_ITM_LAYOUTS = {layout.name: layout for layout in (LAVIS_BLIP_ITM, HF_BLIP_ITM, FUSIONCAM_BLIP_ITM)}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -215,7 +218,7 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source
 def load_blip_itm_weights(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], layout: str, source: str = "checkpoint"
 ) -> list[str]:
-    """Load a LAVIS or Hugging Face BLIP ITM state dict into `BlipITM`; returns the ignored keys."""
+    """Load a LAVIS, Hugging Face or fusioncam BLIP ITM state dict into `BlipITM`; returns the ignored keys."""
     return _load_blip(model, state_dict, BLIP_ITM_LAYOUTS, layout, source)
 
 

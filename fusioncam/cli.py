@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fusioncam import synth as synth_lib
+from fusioncam import train as train_lib
 from fusioncam import weights as weights_lib
 from fusioncam.api import BlipMatcher, SamRefiner, load, load_captioner, load_qa, load_sam
 from fusioncam.batch import (
@@ -30,6 +32,7 @@ from fusioncam.batch import (
     write_segment,
     write_vqa,
 )
+from fusioncam.evaluate import evaluate_pointing, read_referring
 from fusioncam.explain.render import COLORMAPS
 from fusioncam.images import ImageDecodeError, load_image
 from fusioncam.text import clean_caption
@@ -673,6 +676,172 @@ def example_image() -> None:
     except weights_lib.WeightsError as error:
         stderr.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
+
+
+eval_app = typer.Typer(help="Measure how well heatmaps localise.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("pointing")
+def eval_pointing(
+    data: Annotated[Path, typer.Option(help='JSONL of {"image", "text", "box": [x0, y0, x1, y1]} (synth: referring).')],
+    model: ModelOption = "blip-itm-base",
+    block: Annotated[int, typer.Option(help="Text-encoder block whose cross-attention is explained.")] = 6,
+    encoder: EncoderOption = "blip",
+    fusion: FusionOption = None,
+    sam_model: SamOption = "vitt",
+    points: PointsOption = 5,
+    sam_labels: SamLabelsOption = "fork",
+    sam_mask: SamMaskOption = "first",
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N records.")] = None,
+    device: DeviceOption = "auto",
+    batch_size: BatchOption = 16,
+    json_out: Annotated[bool, typer.Option("--json", help="The report as one JSON object on stdout.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Pointing game (heatmap peak inside the object's box) and energy-based pointing game (heatmap mass in the
+    box), next to what a uniformly random point achieves.
+
+    Example: fusioncam synth --out scenes --n 500 && fusioncam eval pointing --data scenes/referring.jsonl
+    """
+    check_choice(encoder, ENCODERS, "--encoder")
+    if not data.is_file():
+        raise usage_error(f"--data file not found: {data}")
+    try:
+        records = read_referring(data)[:limit]
+    except ValueError as error:
+        raise usage_error(str(error)) from None
+    matcher = load_matcher(model, device, encoder, fusion, sam_model)
+    if not 0 <= block < matcher.num_blocks:
+        raise usage_error(f"--block must be in 0..{matcher.num_blocks - 1} for {matcher.name}")
+    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask)
+    with progress_bar(quiet) as progress:
+        task = progress.add_task("pointing", total=len(records))
+        try:
+            report = evaluate_pointing(
+                matcher, records, block, batch_size, refiner, encoder, lambda n: progress.advance(task, n)
+            )
+        except ImageDecodeError as error:
+            raise fail(error) from None
+    summary = report.to_dict() | {"model": matcher.name, "block": block, "data": str(data)}
+    if json_out:
+        print(json.dumps(summary))
+        return
+    table = Table("encoder", "records", "pointing", "random point", "energy", "uniform map", title=str(data))
+    table.add_row(
+        encoder,
+        str(report.count),
+        f"{report.pointing:.3f}",
+        f"{report.random_pointing:.3f}",
+        f"{report.energy:.3f}",
+        f"{report.random_energy:.3f}",
+    )
+    stdout.print(table)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the dataset into.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of scenes.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+    image_size: Annotated[int, typer.Option(min=48, help="Side of the square images in pixels.")] = 128,
+    max_objects: Annotated[int, typer.Option(min=1, max=6, help="Objects per scene, at most.")] = 4,
+    split: Annotated[str | None, typer.Option(help="Write into OUT/SPLIT; each split draws other scenes.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a dataset already in OUT.")] = False,
+) -> None:
+    """Synthetic scenes with captions, referring expressions (boxes, masks), VQA questions and a vocab.txt.
+
+    Writes images/, masks/, scenes.jsonl, pairs.jsonl (for `heatmap --pairs`), referring.jsonl (for
+    `eval pointing`), vqa.jsonl (for `vqa --pairs`) and vocab.txt. Prints a JSON summary.
+    """
+    try:
+        with stderr.status(f"rendering {n} scenes …"):
+            summary = synth_lib.generate(
+                out, n, seed, image_size=image_size, max_objects=max_objects, split=split, overwrite=overwrite
+            )
+    except FileExistsError as error:
+        raise usage_error(f"{error} (use --overwrite)") from None
+    except ValueError as error:
+        raise usage_error(str(error)) from None
+    print(json.dumps(summary.to_dict(), default=str))
+
+
+@app.command()
+def train(
+    what: Annotated[
+        str, typer.Option(help="itm: BLIP ITM itself (fine-tune, or --from-scratch); fusion: the SAM fusion.")
+    ],
+    data: Annotated[Path, typer.Option(help='Pairs JSONL {"image", "text"} (synth writes pairs.jsonl).')],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for weights, preset, metrics, checkpoints.")],
+    model: ModelOption = "blip-itm-base",
+    sam_model: Annotated[
+        str | None, typer.Option("--sam-model", help="EfficientSAM of a fusion: vitt, vits, preset.")
+    ] = None,
+    from_scratch: Annotated[
+        bool, typer.Option("--from-scratch", help="itm: random init of a preset that has no weights yet.")
+    ] = False,
+    steps: Annotated[int, typer.Option(min=1)] = 1000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Pairs per step and process.")] = 16,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.05,
+    warmup_steps: Annotated[int, typer.Option(min=0, help="Linear warm-up, then cosine to 0.")] = 100,
+    grad_clip: Annotated[float, typer.Option(min=0.0, help="Max gradient norm (0 = off).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Same seed, same run.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(min=0, help="Steps between checkpoints (0 = at the end).")] = 0,
+    amp: Annotated[str, typer.Option(help="Mixed precision on GPU: auto, bf16, fp16, off.")] = "auto",
+    resume: Annotated[Path | None, typer.Option(help="A checkpoint, or a folder whose latest checkpoint.")] = None,
+    device: DeviceOption = "auto",
+    cache_sam: Annotated[bool, typer.Option("--cache-sam", help="Keep SAM embeddings in memory (fusion).")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Train BLIP ITM (ITC + ITM with hard negatives, as BLIP does) or the BLIP+EfficientSAM fusion.
+
+    Runs unchanged under torchrun (DDP; gloo on CPU, NCCL on GPU); rank 0 writes.
+
+    Examples:
+
+      fusioncam synth --out scenes --n 3000 --image-size 64
+
+      fusioncam train --what itm --data scenes/pairs.jsonl --model tiny.toml --from-scratch --out runs/itm
+
+      fusioncam train --what fusion --data scenes/pairs.jsonl --model runs/itm/preset.toml --sam-model vitt \\
+        --out runs/fusion
+
+      torchrun --nproc-per-node 2 $(which fusioncam) train --what itm ...
+    """
+    try:
+        config = train_lib.TrainConfig(
+            what=what,
+            data=data,
+            out=out,
+            model=model,
+            sam=sam_preset_name(sam_model) if sam_model else None,
+            from_scratch=from_scratch,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            grad_clip=grad_clip,
+            seed=seed,
+            checkpoint_every=checkpoint_every,
+            amp=amp,
+            device=device,
+            resume=resume,
+            cache_sam=cache_sam,
+        )
+    except ValueError as error:
+        raise usage_error(str(error)) from None
+    if not data.is_file():
+        raise usage_error(f"--data file not found: {data}")
+    try:
+        result = train_lib.train(config, progress=not quiet)
+    except weights_lib.PresetError as error:
+        raise usage_error(str(error)) from None
+    except (weights_lib.WeightsError, ValueError, OSError) as error:
+        raise fail(error) from None
+    if result.last is not None:
+        print(json.dumps({"out": str(result.out), "weights": str(result.weights)} | result.last))
 
 
 def main() -> None:
