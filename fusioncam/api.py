@@ -167,7 +167,7 @@ class BlipMatcher:
         `clean` prepares each text as LAVIS does for its use (captions by default; PNP-VQA cleans questions).
         """
         if not 0 <= block < self.num_blocks:
-            raise ValueError(f"--block must be in 0..{self.num_blocks - 1} for this model, got {block}")
+            raise ValueError(f"block must be in 0..{self.num_blocks - 1} for this model, got {block}")
         cleaned, encoding = self._encode(texts, clean)
         image_embeds = images if isinstance(images, torch.Tensor) else self.embed_images(images)
         if len(image_embeds) != len(texts):

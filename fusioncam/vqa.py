@@ -223,16 +223,30 @@ class PNPVQA:
         one = FiDEncoding(
             encoding.last_hidden_state[row : row + 1], encoding.attention_mask[row : row + 1], encoding.num_passages
         )
+        answer_map = np.zeros(grid[0] * grid[1], dtype=np.float32)
+        if one.num_passages == 1:  # nothing to compare with: contributions stay unknown (None)
+            return answer_map.reshape(grid)
         answer_ids = answer_ids[None]
         full = float(model.answer_log_prob(one, answer_ids)[0])
-        answer_map = np.zeros(grid[0] * grid[1], dtype=np.float32)
-        for passage in range(encoding.num_passages):
-            drop = full - float(model.answer_log_prob(one.without_passage(passage), answer_ids)[0])
+        drops = []
+        for start in range(0, encoding.num_passages, _EXPLAIN_CHUNK):  # several "all but one" encodings at once
+            removed = [one.without_passage(p) for p in range(start, min(start + _EXPLAIN_CHUNK, one.num_passages))]
+            batch = FiDEncoding(
+                torch.cat([item.last_hidden_state for item in removed]),
+                torch.cat([item.attention_mask for item in removed]),
+                one.num_passages - 1,
+            )
+            drops += (full - model.answer_log_prob(batch, answer_ids.expand(len(removed), -1))).tolist()
+        for passage, drop in enumerate(drops):
             for item in evidence[passage * per_passage : (passage + 1) * per_passage]:
                 item.contribution = drop
                 if drop > 0:
                     answer_map[item.patches] += drop
         return answer_map.reshape(grid)
+
+
+# Passages whose removal is measured in one decoder batch: bounded so that memory stays bounded for 100 passages.
+_EXPLAIN_CHUNK = 16
 
 
 def _sampling_weights(gradcams: torch.Tensor, num_patches: int) -> torch.Tensor:
