@@ -17,7 +17,7 @@ from transformers.generation.logits_process import (
 
 from fusioncam.checkpoints import load_blip_caption_weights
 from fusioncam.models.blip import BlipCaption, BlipCaptionConfig
-from fusioncam.models.decoding import DecodingConfig, adjust_scores, filter_top_k_top_p
+from fusioncam.models.decoding import DecodingConfig, adjust_scores, beam_search, filter_top_k_top_p
 
 TINY = {
     "vision_config": {
@@ -127,6 +127,88 @@ def test_beam_of_one_is_greedy_and_sampling_is_seeded(pair) -> None:
     assert torch.equal(sample(1), sample(1))
     assert not torch.equal(sample(1, top_k=0, temperature=5.0), sample(2, top_k=0, temperature=5.0))
     assert torch.equal(sample(5, top_k=1)[:, : greedy.shape[1]], greedy)
+
+
+def test_beam_search_with_a_cache_equals_rerunning_the_prefix(pair) -> None:
+    """BLIP's beam search (cache reordered with the beams) gives what the same search gives re-running every prefix."""
+    _, ours = pair
+    torch.manual_seed(5)
+    embeds = ours.encode_image(torch.randn(3, 3, 64, 64))
+    prompt = torch.tensor([[48, 5]] * 3)
+    config = DecodingConfig("beam", max_length=12, min_length=4, num_beams=3, repetition_penalty=1.3)
+    beam_embeds = embeds.repeat_interleave(3, dim=0)
+
+    def next_log_probs(sequences: torch.Tensor) -> torch.Tensor:
+        logits = ours.logits(beam_embeds, sequences, torch.ones_like(sequences))[:, -1]
+        return adjust_scores(logits.log_softmax(-1), sequences, config, eos_id=3)
+
+    with torch.no_grad():
+        cached = ours.generate(embeds, prompt, 3, 0, config)
+        uncached = beam_search(next_log_probs, lambda rows: None, prompt, 3, 12, eos_id=3, pad_id=0)
+    assert torch.equal(cached, uncached)
+    assert (cached[:, 2:] == 3).any(), "the test should include captions that end before the limit"
+
+
+EOS, PAD = 2, 3  # a three-token vocabulary (0, 1, eos) and a padding id outside it
+
+
+def _prefix_log_probs(sequences: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of tokens 0, 1, eos after each sequence: random, but a fixed function of the whole prefix."""
+    rows = []
+    for prefix in sequences.tolist():
+        generator = torch.Generator().manual_seed(int("".join(str(token + 1) for token in prefix)))
+        rows.append((torch.randn(3, generator=generator) * 2).log_softmax(-1))
+    return torch.stack(rows)
+
+
+def _best_by_brute_force(start: list[int], max_length: int, length_penalty: float) -> list[int]:
+    """The best of all complete sequences: ended by eos (not counted in the length) or cut at `max_length`."""
+    scored: list[tuple[float, list[int]]] = []
+
+    def visit(prefix: list[int], log_prob: float) -> None:
+        if len(prefix) == max_length:
+            scored.append((log_prob / len(prefix) ** length_penalty, prefix))
+            return
+        next_log_prob = _prefix_log_probs(torch.tensor([prefix]))[0].tolist()
+        scored.append(((log_prob + next_log_prob[EOS]) / len(prefix) ** length_penalty, [*prefix, EOS]))
+        for token in (0, 1):
+            visit([*prefix, token], log_prob + next_log_prob[token])
+
+    visit(start, 0.0)
+    return max(scored, key=lambda item: item[0])[1]
+
+
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0, 2.0, -0.5])
+def test_wide_beam_search_finds_the_brute_force_best(length_penalty: float) -> None:
+    """With 12 beams and 3 new tokens nothing is ever pruned, so the search must return the best of all sequences.
+
+    Every step has at most 12 real candidates, all ranked within the top `num_beams`, and the finished list never
+    fills with real hypotheses before the end; the scoring rules alone decide. With penalty 1 the first sample's
+    winner would change if the closing eos counted in the length.
+    """
+    starts = [[0, 1], [1, 1], [1, 0]]  # winners: ended by eos at two lengths, and cut at the limit
+    out = beam_search(_prefix_log_probs, lambda rows: None, torch.tensor(starts), 12, 5, EOS, PAD, length_penalty)
+    for row, start in enumerate(starts):
+        expected = _best_by_brute_force(start, 5, length_penalty)
+        assert out[row].tolist() == expected + [PAD] * (out.shape[1] - len(expected))
+
+
+def test_beam_search_judges_stopping_at_the_length_the_step_reached() -> None:
+    """transformers 4.33 scores the best candidate of a step at the new length (4.26 used the old one) when deciding
+    whether a sample with `num_beams` finished hypotheses may stop; the later rule keeps searching here.
+
+    Tokens x = 0, y = 1, eos; start "x", two beams, length penalty 1. Step 1 finishes "x" (−0.6). Step 2's best
+    candidate is "x x" + eos (−1.3), finishing "x x" (−0.65): two finished, the worst −0.65. −1.3 over the 3 tokens
+    the step reached (−0.43) could still beat it, so the search goes on (4.26 divided by 2 and stopped with "x").
+    Step 3 finishes "x x x" (−1.36 / 3 = −0.45), the answer; step 4 (best −7.35 / 5) stops.
+    """
+    table = {(0,): [-1.0, -2.0, -0.6], (0, 0): [-0.35, -5.0, -0.3], (0, 0, 0): [-1.0, -5.0, -0.01]}
+
+    def next_log_probs(sequences: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([table.get(tuple(prefix), [-5.0] * 3) for prefix in sequences.tolist()])
+
+    out = beam_search(next_log_probs, lambda rows: None, torch.tensor([[0]]), 2, 6, EOS, PAD, 1.0)
+    assert out.tolist() == [[0, 0, 0, EOS]]
 
 
 def test_score_adjustments_match_transformers_processors() -> None:

@@ -8,10 +8,10 @@ Because the encoder never mixes passages, an encoding stays valid when a passage
 (`FiDEncoding.without_passage`): measuring what each caption contributes to an answer costs one decoder pass per
 passage, not a fresh encoding of the others.
 
-Decoding is written here instead of calling transformers' `generate`: transformers 5 rewrote beam search (it scores
-hypotheses cut at the length limit by another length and pads finished rows with eos), which changes answers, and
-the numbers must be those of LAVIS's `PNPUnifiedQAv2FiD`, run under transformers 4.33. Both searches below follow that
-version step by step; lengths are counted as new tokens after the decoder start token.
+Decoding runs the loops of `fusioncam.models.decoding` instead of transformers' `generate`: transformers 5 rewrote
+beam search (it scores hypotheses cut at the length limit by another length and pads finished rows with eos), which
+changes answers, and the numbers must be those of LAVIS's `PNPUnifiedQAv2FiD`, run under transformers 4.33, which
+those loops follow. `max_new_tokens` / `min_new_tokens` count the tokens after the decoder start token.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from torch import nn
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
+
+from fusioncam.models.decoding import beam_search, token_by_token
 
 # UnifiedQA-v2 sizes (LAVIS lavis/configs/models/pnp-vqa/unifiedqav2_*_config.json = t5-base / t5-large / t5-3b).
 _SIZES: dict[str, dict[str, int]] = {
@@ -183,152 +185,55 @@ class FusionInDecoderQA(nn.Module):
         return EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
 
     def _next_scores(
-        self,
-        encoding: FiDEncoding,
-        tokens: torch.Tensor,
-        cache: EncoderDecoderCache,
-        log_probs: bool,
-        eos_allowed: bool,
+        self, encoding: FiDEncoding, ids: torch.Tensor, cache: EncoderDecoderCache, min_new_tokens: int, log_probs: bool
     ) -> torch.Tensor:
-        """Float scores [N, vocab] of the token after `tokens` [N, 1]: logits, or log-probabilities for beam search.
+        """Float scores [N, vocab] of the token after `ids` [N, T] (the cache holds all but the last token).
 
-        A forbidden eos is masked after the log-softmax, so the other tokens keep their unrenormalised
+        Logits for greedy decoding, log-probabilities for beam search. While fewer than `min_new_tokens` follow the
+        start token, eos is masked — after the log-softmax, so the other tokens keep their unrenormalised
         log-probabilities, as in transformers.
         """
-        scores = self.logits(encoding, tokens, cache)[:, -1].float()
+        scores = self.logits(encoding, ids[:, -1:], cache)[:, -1].float()
         if log_probs:
             scores = scores.log_softmax(-1)
-        if not eos_allowed:
+        if ids.shape[1] <= min_new_tokens:
             scores[:, self.eos_token_id] = -float("inf")
         return scores
 
-    def _greedy(self, encoding: FiDEncoding, max_new_tokens: int, min_new_tokens: int) -> torch.Tensor:
+    def _start_ids(self, encoding: FiDEncoding) -> torch.Tensor:
         batch = encoding.last_hidden_state.shape[0]
         device = encoding.last_hidden_state.device
-        ids = torch.full((batch, 1), self.decoder_start_token_id, dtype=torch.long, device=device)
-        running = torch.ones(batch, dtype=torch.bool, device=device)
+        return torch.full((batch, 1), self.decoder_start_token_id, dtype=torch.long, device=device)
+
+    def _greedy(self, encoding: FiDEncoding, max_new_tokens: int, min_new_tokens: int) -> torch.Tensor:
         cache = self._new_cache()
-        for step in range(max_new_tokens):
-            scores = self._next_scores(
-                encoding, ids[:, -1:], cache, log_probs=False, eos_allowed=step >= min_new_tokens
-            )
-            token = scores.argmax(-1)
-            # Rows that already ended keep emitting padding, so the batch stays rectangular.
-            token = torch.where(running, token, self.pad_token_id)
-            ids = torch.cat([ids, token[:, None]], dim=1)
-            running &= token != self.eos_token_id
-            if not running.any():
-                break
-        return ids
+
+        def next_token(ids: torch.Tensor) -> torch.Tensor:
+            return self._next_scores(encoding, ids, cache, min_new_tokens, log_probs=False).argmax(-1)
+
+        start = self._start_ids(encoding)
+        return token_by_token(next_token, start, max_new_tokens + 1, self.eos_token_id, self.pad_token_id)
 
     def _beam_search(
         self, encoding: FiDEncoding, num_beams: int, max_new_tokens: int, min_new_tokens: int, length_penalty: float
     ) -> torch.Tensor:
-        batch = encoding.last_hidden_state.shape[0]
-        device = encoding.last_hidden_state.device
         beams = FiDEncoding(
             encoding.last_hidden_state.repeat_interleave(num_beams, dim=0),
             encoding.attention_mask.repeat_interleave(num_beams, dim=0),
             encoding.num_passages,
         )
-        ids = torch.full((batch * num_beams, 1), self.decoder_start_token_id, dtype=torch.long, device=device)
-        # Only the first beam of each sample is live at the start, so the beams do not all pick the same token.
-        scores = torch.zeros(batch, num_beams, device=device)
-        scores[:, 1:] = -1e9
-        finished = [_FinishedHypotheses(num_beams, length_penalty) for _ in range(batch)]
-        done = [False] * batch
         cache = self._new_cache()
-        for step in range(max_new_tokens):
-            log_probs = self._next_scores(beams, ids[:, -1:], cache, log_probs=True, eos_allowed=step >= min_new_tokens)
-            vocab = log_probs.shape[-1]
-            totals = (log_probs + scores.reshape(-1, 1)).reshape(batch, num_beams * vocab)
-            # Twice the beam count, so that enough candidates survive when some of them end in eos.
-            top_scores, top_index = totals.topk(2 * num_beams, dim=1)
-            picked: list[tuple[int, int, float]] = []
-            for sample in range(batch):
-                first_row = sample * num_beams
-                if done[sample]:  # a finished sample idles on padding until the others end
-                    picked += [(first_row, self.pad_token_id, 0.0)] * num_beams
-                    continue
-                candidates = [
-                    (score, first_row + index // vocab, index % vocab)
-                    for score, index in zip(top_scores[sample].tolist(), top_index[sample].tolist(), strict=True)
-                ]
-                picked += self._pick_beams(candidates, ids, finished[sample], num_beams)
-                done[sample] = finished[sample].is_done(top_scores[sample, 0].item(), ids.shape[1])
-            rows = torch.tensor([row for row, _, _ in picked], device=device)
-            tokens = torch.tensor([[token] for _, token, _ in picked], device=device)
-            scores = torch.tensor([score for _, _, score in picked], device=device).reshape(batch, num_beams)
-            ids = torch.cat([ids[rows], tokens], dim=1)
-            cache.reorder_cache(rows)
-            if all(done):
-                break
-        for sample in range(batch):
-            if not done[sample]:  # out of length: the open beams compete with the finished ones as they are
-                for beam in range(num_beams):
-                    finished[sample].add(ids[sample * num_beams + beam].tolist(), scores[sample, beam].item())
-        return self._pad_answers([hypotheses.best() for hypotheses in finished], max_new_tokens + 1, device)
 
-    def _pick_beams(
-        self,
-        candidates: list[tuple[float, int, int]],
-        ids: torch.Tensor,
-        finished: _FinishedHypotheses,
-        num_beams: int,
-    ) -> list[tuple[int, int, float]]:
-        """The next beams (source row, token, score) of one sample from its ranked (score, row, token) candidates.
+        def next_log_probs(ids: torch.Tensor) -> torch.Tensor:
+            return self._next_scores(beams, ids, cache, min_new_tokens, log_probs=True)
 
-        A candidate ending in eos becomes a finished hypothesis instead, if it ranks among the top `num_beams`.
-        """
-        picked = []
-        for rank, (score, row, token) in enumerate(candidates):
-            if token != self.eos_token_id:
-                picked.append((row, token, score))
-                if len(picked) == num_beams:
-                    break
-            elif rank < num_beams:
-                finished.add(ids[row].tolist(), score)
-        return picked
-
-    def _pad_answers(self, answers: list[list[int]], max_length: int, device: torch.device) -> torch.Tensor:
-        """Stack hypotheses (start token, answer, no eos) into [B, T], eos appended where the width allows."""
-        width = min(max(len(answer) for answer in answers) + 1, max_length)
-        out = torch.full((len(answers), width), self.pad_token_id, dtype=torch.long, device=device)
-        for row, answer in enumerate(answers):
-            out[row, : len(answer)] = torch.tensor(answer, device=device)
-            if len(answer) < width:
-                out[row, len(answer)] = self.eos_token_id
-        return out
-
-
-class _FinishedHypotheses:
-    """The best `size` finished hypotheses of one sample, kept and ranked as transformers 4.33 does.
-
-    A hypothesis is its tokens without the closing eos (the start token included), scored by its summed
-    log-probability / len(tokens)**length_penalty.
-    """
-
-    def __init__(self, size: int, length_penalty: float) -> None:
-        self.size = size
-        self.length_penalty = length_penalty
-        self.items: list[tuple[float, list[int]]] = []
-        self.worst = 1e9
-
-    def add(self, tokens: list[int], log_prob: float) -> None:
-        score = log_prob / len(tokens) ** self.length_penalty
-        if len(self.items) < self.size or score > self.worst:
-            self.items.append((score, tokens))
-            if len(self.items) > self.size:
-                ranked = sorted((item_score, index) for index, (item_score, _) in enumerate(self.items))
-                del self.items[ranked[0][1]]
-                self.worst = ranked[1][0]
-            else:
-                self.worst = min(score, self.worst)
-
-    def is_done(self, best_log_prob: float, length: int) -> bool:
-        """Full, and not even the best candidate of this step, scored at the current length, would get in."""
-        return len(self.items) >= self.size and self.worst >= best_log_prob / length**self.length_penalty
-
-    def best(self) -> list[int]:
-        # Stable sort, last wins: on a tie the hypothesis added later is returned, as in transformers.
-        return sorted(self.items, key=lambda item: item[0])[-1][1]
+        return beam_search(
+            next_log_probs,
+            cache.reorder_cache,
+            self._start_ids(encoding),
+            num_beams,
+            max_new_tokens + 1,
+            self.eos_token_id,
+            self.pad_token_id,
+            length_penalty,
+        )
