@@ -249,3 +249,17 @@ def test_official_caption_checkpoint_layout_loads_strictly(shared_dir: Path, fil
         model = BlipCaption(BlipCaptionConfig.preset("large"))
     with pytest.raises(ValueError, match="tied"):
         load_blip_caption_weights(model, state_dict, MANIFESTS[filename], filename)
+
+
+def test_top_k_sampling_draws_from_the_filtered_distribution() -> None:
+    """Sampling among the k best gives the frequencies of softmax over the top-k-filtered logits."""
+    from fusioncam.models.decoding import sample_tokens
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 3.0, -1.0, 0.0]]).expand(20000, -1)
+    draws = sample_tokens(logits, top_k=3, top_p=1.0, generator=torch.Generator().manual_seed(0))
+    expected = filter_top_k_top_p(logits[:1], 3, 1.0).softmax(-1)[0]
+    frequencies = torch.bincount(draws, minlength=6).float() / len(draws)
+    torch.testing.assert_close(frequencies, expected, atol=0.015, rtol=0)
+    assert set(draws.tolist()) <= {0, 1, 3}  # the three best
+    nucleus = sample_tokens(logits, top_k=0, top_p=0.5, generator=torch.Generator().manual_seed(1))
+    assert set(nucleus.tolist()) <= {0, 3}  # the smallest set holding half the mass
