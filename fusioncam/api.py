@@ -22,6 +22,7 @@ from fusioncam.checkpoints import (
     load_blip_caption_weights,
     load_blip_itm_weights,
     load_efficient_sam_weights,
+    load_fusion,
     load_t5_weights,
     read_state_dict,
 )
@@ -30,7 +31,7 @@ from fusioncam.explain.refine import Refined, SamImage, embed_images, refine_hea
 from fusioncam.images import BLIP_MEAN, BLIP_STD, ImageTransform
 from fusioncam.models.blip import BlipCaption, BlipCaptionConfig, BlipITM, BlipITMConfig
 from fusioncam.models.efficient_sam import EfficientSam, EfficientSamConfig
-from fusioncam.models.fusion import BlipFusionITM, load_fusion
+from fusioncam.models.fusion import BlipFusionITM
 from fusioncam.models.t5_fid import FusionInDecoderQA
 from fusioncam.text import BlipTokenizer, clean_caption
 from fusioncam.weights import Preset, get_preset, resolve_file

@@ -8,20 +8,25 @@ checkpoint fails loudly instead of leaving random weights behind.
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fusioncam.models.bert import TextConfig
-from fusioncam.models.blip import BlipCaptionConfig, BlipITMConfig
+from fusioncam.models.blip import BlipCaptionConfig, BlipITM, BlipITMConfig
 from fusioncam.models.efficient_sam import EfficientSamConfig, ImageEncoderConfig, MaskDecoderConfig
+from fusioncam.models.fusion import BlipFusionITM, FusionConfig
 from fusioncam.models.vit import VisionConfig
 
 
@@ -129,8 +134,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     if path.suffix == ".zip":
         return _read_zipped_state_dict(path)
@@ -495,13 +498,80 @@ HF_BLIP_CAPTION = Layout(
     ignore=(r"text_decoder\.bert\.embeddings\.position_ids",),
 )
 
-BLIP_CAPTION_LAYOUTS = {layout.name: layout for layout in (LAVIS_BLIP_CAPTION, HF_BLIP_CAPTION)}
+# Our own names (`BlipCaption.state_dict()`), for captioners trained with fusioncam: nothing to rename or ignore.
+FUSIONCAM_BLIP_CAPTION = Layout(name="fusioncam", renames=())
+
+BLIP_CAPTION_LAYOUTS = {layout.name: layout for layout in (LAVIS_BLIP_CAPTION, HF_BLIP_CAPTION, FUSIONCAM_BLIP_CAPTION)}
 
 
 def load_blip_caption_weights(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], layout: str, source: str = "checkpoint"
 ) -> list[str]:
-    """Load a LAVIS or Hugging Face BLIP captioner state dict into `BlipCaption`; returns the ignored keys."""
+    """Load a LAVIS, Hugging Face or fusioncam BLIP captioner state dict into `BlipCaption`; returns ignored keys."""
     for group in CAPTION_TIED_KEYS:
         state_dict = drop_tied(state_dict, group, source)
     return _load_blip(model, state_dict, BLIP_CAPTION_LAYOUTS, layout, source)
+
+
+# The `format` metadata of a fusion checkpoint; the number changes when the file's meaning does.
+FUSION_FORMAT = "fusioncam.blip-sam-fusion/1"
+
+# Fusion checkpoints: one safetensors file whose header metadata (string → string) says what the tensors are:
+#   format             FUSION_FORMAT
+#   fusion_config      FusionConfig as JSON
+#   blip_preset        name of the BLIP ITM preset the fusion was trained on
+#   sam_preset         name of the EfficientSAM preset whose embeddings it was trained on
+#   blip_architecture  JSON fingerprint of that BLIP's ViT (`blip_fingerprint`)
+# Metadata in the header rather than a sidecar file: the file cannot travel without it.
+
+
+def blip_fingerprint(config: BlipITMConfig) -> dict[str, Any]:
+    """The BLIP architecture a fusion is wired to: the ViT whose tokens it reads and adds to."""
+    vision = config.vision
+    return {
+        "width": vision.width,
+        "grid": list(vision.grid_size),
+        "image_size": vision.image_size,
+        "patch_size": vision.patch_size,
+        "depth": vision.depth,
+        "num_heads": vision.num_heads,
+    }
+
+
+def save_fusion(path: str | Path, model: BlipFusionITM, blip_preset: str, sam_preset: str) -> None:
+    """Write the fusion's parameters (not BLIP's) and config to a safetensors file, naming the presets it fits."""
+    tensors = {key: value.detach().cpu().contiguous() for key, value in model.fusion.state_dict().items()}
+    metadata = {
+        "format": FUSION_FORMAT,
+        "fusion_config": json.dumps(asdict(model.fusion.config), sort_keys=True),
+        "blip_preset": blip_preset,
+        "sam_preset": sam_preset,
+        "blip_architecture": json.dumps(blip_fingerprint(model.config), sort_keys=True),
+    }
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def load_fusion(path: str | Path, blip_model: BlipITM, blip_preset: str, sam_preset: str) -> BlipFusionITM:
+    """The fusion in `path` on top of `blip_model`, refused unless they are the presets (and BLIP architecture)
+    it was trained on; every fusion parameter must be in the file and nothing else.
+    """
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata() or {}
+    if metadata.get("format") != FUSION_FORMAT:
+        raise CheckpointError(f"{path}: not a fusioncam fusion checkpoint (format {metadata.get('format')!r})")
+    trained = (metadata["blip_preset"], metadata["sam_preset"])
+    if trained != (blip_preset, sam_preset):
+        raise CheckpointError(
+            f"{path} was trained on BLIP {trained[0]!r} with EfficientSAM {trained[1]!r}, not on BLIP "
+            f"{blip_preset!r} with EfficientSAM {sam_preset!r}: a fusion only fits the frozen models it was trained "
+            "with; use those presets or train a fusion for these"
+        )
+    expected, given = json.loads(metadata["blip_architecture"]), blip_fingerprint(blip_model.config)
+    if expected != given:
+        raise CheckpointError(
+            f"{path} was trained on BLIP {blip_preset!r} with the ViT {expected}, but the model given as "
+            f"{blip_preset!r} has {given}: is the preset definition the one the fusion was trained with?"
+        )
+    model = BlipFusionITM(blip_model, FusionConfig.from_dict(json.loads(metadata["fusion_config"])))
+    load_strict(model.fusion, load_file(str(path)), str(path))
+    return model

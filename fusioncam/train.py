@@ -28,7 +28,7 @@ Outputs in `out/`:
     model.safetensors      (itm) the trained BlipITM in fusioncam's own layout, with
     preset.toml            (itm) a preset for it: `fusioncam heatmap --model out/preset.toml` works at once
     vocab.txt              (itm) a copy of the vocabulary it was trained with, so `out/` is self-contained
-    fusion.safetensors     (fusion) the fusion's parameters, for `fusioncam.models.fusion.load_fusion`
+    fusion.safetensors     (fusion) the fusion's parameters, for `fusioncam.checkpoints.load_fusion`
 
 A BLIP ITM preset is trained from random weights only when asked (`from_scratch=True`), and then only if it has no
 weights: its `[files.checkpoint]` is not declared, or is a `path` that does not exist yet. The vocabulary and the
@@ -78,10 +78,11 @@ from fusioncam.api import (
     pick_device,
 )
 from fusioncam.batch import Failure, pairs_from_jsonl
+from fusioncam.checkpoints import save_fusion
 from fusioncam.images import ImageTransform, load_image
 from fusioncam.models.blip import BlipITM
 from fusioncam.models.efficient_sam import EfficientSam
-from fusioncam.models.fusion import BlipFusionITM, FusionConfig, save_fusion
+from fusioncam.models.fusion import BlipFusionITM, FusionConfig
 from fusioncam.text import BlipTokenizer, clean_caption
 from fusioncam.weights import Preset, get_preset, resolve_file
 

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from fusioncam.checkpoints import CheckpointError
+from fusioncam.checkpoints import CheckpointError, load_fusion, save_fusion
 from fusioncam.explain.gradcam import compute_gradcam
 from fusioncam.models.blip import BlipITM, BlipITMConfig
 from fusioncam.models.difnet import DifnetEncoder
-from fusioncam.models.fusion import BlipFusionITM, FusionConfig, load_fusion, save_fusion
+from fusioncam.models.fusion import BlipFusionITM, FusionConfig
 
 # 64² images in 16² patches: a 4×4 grid of 32-wide tokens.
 TINY_BLIP = {

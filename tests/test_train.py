@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import fusioncam
+from fusioncam.checkpoints import load_fusion
 from fusioncam.models.blip import BlipITM, BlipITMConfig
 from fusioncam.models.efficient_sam import EfficientSam, EfficientSamConfig
-from fusioncam.models.fusion import load_fusion
 from fusioncam.synth import VOCABULARY, SynthSummary, generate
 from fusioncam.train import TrainConfig, to_toml, train
 
