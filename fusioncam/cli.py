@@ -206,6 +206,18 @@ def safely(pair: Pair, write: Callable[..., dict], *args, **kwargs) -> tuple[Pai
         return pair, f"cannot write outputs: {error}"
 
 
+def print_results(records: list[dict], columns: dict[str, Callable[[dict], str]], output: str) -> None:
+    """A table on stdout: image, text, the given columns, and the path of one output file per record."""
+    if not records:
+        return
+    table = Table("image", "text", *columns)
+    table.add_column(output, overflow="fold")
+    for record in records:
+        cells = [render(record) for render in columns.values()]
+        table.add_row(Path(record["image"]).name, record["text"], *cells, record["outputs"][output])
+    stdout.print(table)
+
+
 def finish(records: list[dict], failures: list[Failure], what: str, out: Path) -> None:
     stderr.print(
         f"{len(records)} {what} written to {out}" + (f", [red]{len(failures)} failed[/red]" if failures else "")
@@ -371,20 +383,16 @@ def heatmap(
             )
 
     records, failures = run_batches(inputs, total, batch_size, "heatmaps", jsonl, quiet, process)
-    if not jsonl and records:
-        table = Table("image", "text", "ITM", "ITC", "peak (x, y)")
-        table.add_column("overlay", overflow="fold")
-        for record in records:
-            peak = record["peak"]
-            table.add_row(
-                Path(record["image"]).name,
-                record["text"],
-                f"{record['itm_score']:.3f}",
-                f"{record['itc_score']:.3f}",
-                f"{peak['x']}, {peak['y']}",
-                record["outputs"]["overlay"],
-            )
-        stdout.print(table)
+    if not jsonl:
+        print_results(
+            records,
+            {
+                "ITM": lambda r: f"{r['itm_score']:.3f}",
+                "ITC": lambda r: f"{r['itc_score']:.3f}",
+                "peak (x, y)": lambda r: f"{r['peak']['x']}, {r['peak']['y']}",
+            },
+            "overlay",
+        )
     finish(records, failures, "heatmap(s)", out)
 
 
@@ -427,20 +435,16 @@ def segment(
                 yield safely(pair, write_segment, out, pair, picture, result, refined, matcher.name)
 
     records, failures = run_batches(inputs, total, batch_size, "masks", jsonl, quiet, process)
-    if not jsonl and records:
-        table = Table("image", "text", "ITM", "mask area", "SAM IoU")
-        table.add_column("mask", overflow="fold")
-        for record in records:
-            sam = record["sam"]
-            table.add_row(
-                Path(record["image"]).name,
-                record["text"],
-                f"{record['itm_score']:.3f}",
-                f"{sam['mask_area']:.1%}",
-                f"{sam['mask_iou']:.3f}",
-                record["outputs"]["mask"],
-            )
-        stdout.print(table)
+    if not jsonl:
+        print_results(
+            records,
+            {
+                "ITM": lambda r: f"{r['itm_score']:.3f}",
+                "mask area": lambda r: f"{r['sam']['mask_area']:.1%}",
+                "SAM IoU": lambda r: f"{r['sam']['mask_iou']:.3f}",
+            },
+            "mask",
+        )
     finish(records, failures, "mask(s)", out)
 
 
