@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -60,12 +61,12 @@ JsonlOption = Annotated[bool, typer.Option("--jsonl", help="One JSON record per 
 
 
 def usage_error(message: str) -> typer.Exit:
-    stderr.print(f"[red]error:[/red] {message}")
+    stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
 def fail(error: Exception) -> typer.Exit:
-    stderr.print(f"[red]error:[/red] {error}")
+    stderr.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -175,7 +176,7 @@ def run_batches(
 
     def report_failure(failure: Failure) -> None:
         failures.append(failure)
-        stderr.print(f"[red]failed[/red] {failure.origin}: {failure.reason}", highlight=False)
+        stderr.print(f"[red]failed[/red] {escape(failure.origin)}: {escape(failure.reason)}", highlight=False)
         if jsonl:
             record = {"image": failure.image, "text": failure.text, "error": failure.reason, "origin": failure.origin}
             print(json.dumps(record), flush=True)
@@ -572,8 +573,7 @@ def score(
     try:
         picture = load_image(image)
     except ImageDecodeError as error:
-        stderr.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+        raise fail(error) from None
     empty = [text for text in texts if not clean_caption(text)]
     if empty:
         raise usage_error(f"empty text after cleaning: {empty[0]!r}")
@@ -636,8 +636,7 @@ def weights_pull(names: Annotated[list[str], typer.Argument(help="Preset name(s)
             for role, path in weights_lib.pull(preset).items():
                 print(f"{preset.name}\t{role}\t{path}", flush=True)
     except weights_lib.WeightsError as error:
-        stderr.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+        raise fail(error) from None
 
 
 @weights_app.command("verify")
@@ -678,8 +677,7 @@ def example_image() -> None:
     try:
         print(weights_lib.resolve_file("example-image", "image"))
     except weights_lib.WeightsError as error:
-        stderr.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+        raise fail(error) from None
 
 
 eval_app = typer.Typer(help="Measure how well heatmaps localise.", no_args_is_help=True)
