@@ -216,7 +216,8 @@ class PNPVQA:
 
         Why the drop and not the decoder's cross-attention mass per passage: attention says where the decoder
         read, not whether that changed the answer; removing a passage measures its effect on this very answer.
-        FiD makes it cheap: passages are encoded separately, so dropping one needs no re-encoding. The map adds each
+        FiD makes it cheap: passages are encoded separately, so dropping one needs no re-encoding (and the decoder's
+        cross-attention keys and values are projected once for all removals). The map adds each
         caption's positive contribution onto the patches it was decoded from.
         """
         model, per_passage = self.qa.model, self.config.captions_per_passage
@@ -228,15 +229,7 @@ class PNPVQA:
             return answer_map.reshape(grid)
         answer_ids = answer_ids[None]
         full = float(model.answer_log_prob(one, answer_ids)[0])
-        drops = []
-        for start in range(0, encoding.num_passages, _EXPLAIN_CHUNK):  # several "all but one" encodings at once
-            removed = [one.without_passage(p) for p in range(start, min(start + _EXPLAIN_CHUNK, one.num_passages))]
-            batch = FiDEncoding(
-                torch.cat([item.last_hidden_state for item in removed]),
-                torch.cat([item.attention_mask for item in removed]),
-                one.num_passages - 1,
-            )
-            drops += (full - model.answer_log_prob(batch, answer_ids.expand(len(removed), -1))).tolist()
+        drops = (full - model.answer_log_prob_without_each(one, answer_ids, _EXPLAIN_CHUNK)).tolist()
         for passage, drop in enumerate(drops):
             for item in evidence[passage * per_passage : (passage + 1) * per_passage]:
                 item.contribution = drop

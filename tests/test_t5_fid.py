@@ -216,3 +216,18 @@ def test_broken_checkpoints_are_refused(shared_dir: Path) -> None:
     truncated["decoder.surprise"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match=r"missing: decoder\.final_layer_norm\.weight(.|\n)*unexpected"):
         load_t5_weights(qa.model, truncated)
+
+
+def test_leave_one_out_equals_encoding_without_each_passage() -> None:
+    torch.manual_seed(0)
+    config = {"d_model": 32, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4, "d_kv": 8}
+    qa = FusionInDecoderQA.from_preset("base", vocab_size=100, **config).eval()
+    ids = torch.randint(2, 100, (1, 5, 7))
+    mask = torch.ones_like(ids)
+    mask[0, 2, 5:] = 0  # a passage with padding
+    with torch.no_grad():
+        encoding = qa.encode(ids, mask)
+        answer = qa.generate(encoding, max_new_tokens=4)[:, 1:]
+        fast = qa.answer_log_prob_without_each(encoding, answer, chunk=2)
+        slow = torch.cat([qa.answer_log_prob(encoding.without_passage(i), answer) for i in range(5)])
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
