@@ -27,13 +27,14 @@ from fusioncam.batch import (
     Failure,
     Pair,
     batched,
+    pairs_from_jsonl,
     pairs_from_path,
     read_jsonl,
     write_heatmap,
     write_segment,
     write_vqa,
 )
-from fusioncam.evaluate import evaluate_pointing, read_referring
+from fusioncam.evaluate import evaluate_pointing, itm_accuracy, read_referring
 from fusioncam.explain.render import COLORMAPS
 from fusioncam.images import ImageDecodeError, load_image
 from fusioncam.text import clean_caption
@@ -737,6 +738,56 @@ def eval_pointing(
         f"{report.random_pointing:.3f}",
         f"{report.energy:.3f}",
         f"{report.random_energy:.3f}",
+    )
+    stdout.print(table)
+
+
+@eval_app.command("itm")
+def eval_itm(
+    data: Annotated[Path, typer.Option(help='JSONL of {"image", "text"} true pairs (synth: referring.jsonl).')],
+    model: ModelOption = "blip-itm-base",
+    encoder: Annotated[str, typer.Option(help="blip or fused (esam refines heatmaps, not scores).")] = "blip",
+    fusion: FusionOption = None,
+    sam_model: SamOption = "vitt",
+    seed: Annotated[int, typer.Option(help="Seed of the mismatched texts drawn for each pair.")] = 0,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N records.")] = None,
+    device: DeviceOption = "auto",
+    batch_size: BatchOption = 16,
+    json_out: Annotated[bool, typer.Option("--json", help="The report as one JSON object on stdout.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """ITM accuracy: each true pair should score above 0.5, and a text of another image that was never said of
+    this one below 0.5. Referring expressions make the cleanest negatives (every object of a scene has one).
+
+    Example: fusioncam eval itm --data scenes/referring.jsonl --model out/preset.toml
+    """
+    check_choice(encoder, ("blip", "fused"), "--encoder")
+    if not data.is_file():
+        raise usage_error(f"--data file not found: {data}")
+    with data.open() as lines:
+        items = list(pairs_from_jsonl(lines, str(data), data.parent))
+    failures = [item for item in items if isinstance(item, Failure)]
+    if failures:
+        raise usage_error(f"{failures[0].origin}: {failures[0].reason}")
+    records = items[:limit]
+    if not records:
+        raise usage_error(f"{data} holds no pairs")
+    matcher = load_matcher(model, device, encoder, fusion, sam_model)
+    with progress_bar(quiet) as progress:
+        task = progress.add_task("matching", total=len(records))
+        try:
+            report = itm_accuracy(matcher, records, seed, batch_size, lambda n: progress.advance(task, n))
+        except ImageDecodeError as error:
+            raise fail(error) from None
+        except ValueError as error:
+            raise usage_error(str(error)) from None
+    summary = report.to_dict() | {"model": matcher.name, "encoder": encoder, "data": str(data)}
+    if json_out:
+        print(json.dumps(summary))
+        return
+    table = Table("encoder", "pairs", "accuracy", "true pairs > 0.5", "mismatched < 0.5", title=str(data))
+    table.add_row(
+        encoder, str(report.count), f"{report.accuracy:.3f}", f"{report.positive:.3f}", f"{report.negative:.3f}"
     )
     stdout.print(table)
 

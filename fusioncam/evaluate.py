@@ -1,10 +1,14 @@
-"""Does the heatmap point at the object the text names? Pointing game and energy-based pointing game.
+"""Does the heatmap point at the object the text names? Pointing game and energy-based pointing game; and does
+the matcher tell true pairs from mismatched ones (ITM accuracy)?
 
 For referring expressions with ground-truth boxes (`fusioncam synth` writes them as `referring.jsonl`):
 - pointing game: the heatmap's peak, at image resolution, falls inside the box (hit rate);
 - energy-based pointing game: the share of the heatmap's mass (after clamping at 0) inside the box.
 Both are compared with what a uniformly random point / a uniform map achieves, whose expected score is the box's
 share of the image — the baseline a heatmap must beat to carry information.
+
+ITM accuracy pairs each image with one of its own texts and with a text of another image that was never said of it,
+and counts how often the match probability falls on the right side of 0.5.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+import torch
 
 from fusioncam.api import BlipMatcher, SamRefiner
 from fusioncam.batch import batched
 from fusioncam.explain.render import upsample_map
 from fusioncam.images import load_image
+from fusioncam.text import clean_caption
 
 
 @dataclass(frozen=True)
@@ -128,3 +135,100 @@ def evaluate_pointing(
         if on_batch is not None:
             on_batch(len(batch))
     return summarize(encoder, scores)
+
+
+class ImageText(Protocol):
+    """Anything with an image path and a text: a `Referring` record, a `fusioncam.batch.Pair`."""
+
+    image: Path
+    text: str
+
+
+@dataclass(frozen=True)
+class MatchingAccuracy:
+    """ITM accuracy over `count` true pairs and as many mismatched ones: `positive` is the share of true pairs
+    scored above 0.5, `negative` the share of mismatched pairs scored below 0.5, `accuracy` their mean (so a
+    matcher that always says "match", or always "no match", scores 0.5)."""
+
+    count: int
+    positive: float
+    negative: float
+
+    @property
+    def accuracy(self) -> float:
+        return (self.positive + self.negative) / 2
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"accuracy": self.accuracy}
+
+
+def mismatched_texts(records: Sequence[ImageText], seed: int = 0) -> list[str]:
+    """For record i, a text of another image that is not among the texts of record i's own image (compared after
+    caption cleaning), drawn uniformly from those with `seed`.
+
+    "Not said of this image" is all that is known: with referring expressions (every object of a scene has one)
+    that means "names no object of the image"; with one caption per image, another scene's caption may still
+    happen to be true of this one (e.g. "a red circle" of an image that also has a red circle).
+    """
+    texts = [clean_caption(record.text) for record in records]
+    own: dict[Path, set[str]] = {}
+    for record, text in zip(records, texts, strict=True):
+        own.setdefault(Path(record.image), set()).add(text)
+    distinct = sorted(set(texts))
+    rng = np.random.default_rng(seed)
+    candidates = {image: [text for text in distinct if text not in said] for image, said in own.items()}
+    negatives = []
+    for record in records:
+        choices = candidates[Path(record.image)]
+        if not choices:
+            raise ValueError(f"no text of another image differs from the texts of {record.image}: nothing to mismatch")
+        negatives.append(choices[int(rng.integers(len(choices)))])
+    return negatives
+
+
+def match_probabilities(
+    matcher: BlipMatcher, images: Sequence[np.ndarray], texts: Sequence[Sequence[str]]
+) -> list[list[float]]:
+    """ITM match probability of every text in `texts[i]` with image i, the images encoded in one batch (plain or
+    fused, as `matcher` was loaded) — what `BlipMatcher.score` gives one image at a time, without the ITC part."""
+    tokens = matcher.embed_images(images)
+    owner = torch.tensor([i for i, group in enumerate(texts) for _ in group], device=tokens.device)
+    encoding = matcher.tokenizer([clean_caption(text) for group in texts for text in group]).to(matcher.device)
+    with torch.no_grad():
+        itm = matcher.model.itm(tokens[owner], matcher.tokenizer.for_itm(encoding.input_ids), encoding.attention_mask)
+    flat = itm.match_probability.float().cpu().tolist()
+    out, start = [], 0
+    for group in texts:
+        out.append(flat[start : start + len(group)])
+        start += len(group)
+    return out
+
+
+def itm_accuracy(
+    matcher: BlipMatcher,
+    records: Sequence[ImageText],
+    negatives_seed: int = 0,
+    batch_size: int = 16,
+    on_image: Callable[[int], None] | None = None,
+) -> MatchingAccuracy:
+    """ITM accuracy of `matcher` (plain or fused) on the true pairs `records` and one mismatched pair per record
+    (`mismatched_texts`). Each image is encoded once for all of its true and mismatched texts, `batch_size` images
+    at a time."""
+    if not records:
+        raise ValueError("no records to score")
+    negatives = mismatched_texts(records, negatives_seed)
+    by_image: dict[Path, tuple[list[str], list[str]]] = {}
+    for record, negative in zip(records, negatives, strict=True):
+        true, false = by_image.setdefault(Path(record.image), ([], []))
+        true.append(record.text)
+        false.append(negative)
+    hits_true = hits_false = 0
+    for batch in batched(by_image.items(), batch_size):
+        images = [load_image(image) for image, _ in batch]
+        scores = match_probabilities(matcher, images, [[*true, *false] for _, (true, false) in batch])
+        for (_, (true, _)), probabilities in zip(batch, scores, strict=True):
+            hits_true += sum(p > 0.5 for p in probabilities[: len(true)])
+            hits_false += sum(p < 0.5 for p in probabilities[len(true) :])
+            if on_image is not None:
+                on_image(len(true))
+    return MatchingAccuracy(len(records), hits_true / len(records), hits_false / len(records))
