@@ -165,10 +165,11 @@ class FusionInDecoderQA(nn.Module):
     ) -> torch.Tensor:
         """Log-probability [n] of one sample's answer with each of its n passages left out in turn.
 
-        Equal to `answer_log_prob(encoding.without_passage(i), answer_ids)` for every i, but the decoder's
-        cross-attention keys and values — per encoder token, so unchanged when other tokens go — are projected once
-        for all passages and only sliced per removal: the projections are most of the cost for 100 passages.
-        `chunk` removals run as one batch.
+        Equal to `answer_log_prob(encoding.without_passage(i), answer_ids)` for every i, computed without building
+        those encodings: leaving a passage out of the decoder's cross-attention is masking its tokens (they get
+        zero weight, and nothing else in the decoder reads the encoder). The cross-attention keys and values are
+        projected once and shared, as stride-0 views, by the `chunk` removals that run as one batch: copying them
+        per removal (100 passages × every layer) cost CPUs more than all the attention itself.
         """
         if encoding.last_hidden_state.shape[0] != 1 or answer_ids.shape[0] != 1:
             raise ValueError("leave-one-out is computed for one sample at a time")
@@ -182,28 +183,26 @@ class FusionInDecoderQA(nn.Module):
         length = encoding.passage_length
         results = []
         for first in range(0, encoding.num_passages, chunk):
-            left_out = range(first, min(first + chunk, encoding.num_passages))
-            keeps = []
-            for passage in left_out:
-                keep = torch.ones(encoding.attention_mask.shape[1], dtype=torch.bool, device=answer_ids.device)
-                keep[passage * length : (passage + 1) * length] = False
-                keeps.append(keep)
-            cache = self._new_cache()
-            for index, (keys, values) in enumerate(cross):
-                sliced_keys = torch.cat([keys[:, :, keep] for keep in keeps])
-                sliced_values = torch.cat([values[:, :, keep] for keep in keeps])
-                cache.cross_attention_cache.update(sliced_keys, sliced_values, index)
-                cache.is_updated[index] = True
-            reduced = FiDEncoding(
-                torch.cat([encoding.last_hidden_state[:, keep] for keep in keeps]),
-                torch.cat([encoding.attention_mask[:, keep] for keep in keeps]),
-                encoding.num_passages - 1,
-            )
-            targets = answer_ids.expand(len(keeps), -1)
-            logits = self.logits(reduced, decoder_ids.expand(len(keeps), -1), cache)
+            left_out = torch.arange(first, min(first + chunk, encoding.num_passages), device=answer_ids.device)
+            batch = len(left_out)
+            passage_of_token = torch.arange(encoding.attention_mask.shape[1], device=answer_ids.device) // length
+            mask = encoding.attention_mask * (passage_of_token[None] != left_out[:, None])
+            shared = FiDEncoding(encoding.last_hidden_state.expand(batch, -1, -1), mask, encoding.num_passages)
+            targets = answer_ids.expand(batch, -1)
+            logits = self.logits(shared, decoder_ids.expand(batch, -1), self._shared_cross_cache(cross, batch))
             token_log_probs = logits.float().log_softmax(-1).gather(-1, targets[..., None])[..., 0]
             results.append((token_log_probs * (targets != self.pad_token_id)).sum(dim=1))
         return torch.cat(results)
+
+    def _shared_cross_cache(self, cross: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> EncoderDecoderCache:
+        """A fresh cache whose cross-attention holds `cross`'s [1, …] keys and values as [batch, …] views."""
+        cache = self._new_cache()
+        for index, (keys, values) in enumerate(cross):
+            layer = cache.cross_attention_cache.layers[index]
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1)
+            cache.is_updated[index] = True
+        return cache
 
     @torch.no_grad()
     def generate(
