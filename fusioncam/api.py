@@ -373,9 +373,11 @@ class SamRefiner:
         num_points: int = 5,
         labels: str = "fork",
         mask_choice: str = "first",
+        blend: str = "fork",
         cache_size: int = 32,
     ) -> None:
         self.sam, self.num_points, self.labels, self.mask_choice = sam, num_points, labels, mask_choice
+        self.blend = blend
         self.cache_size = cache_size
         self._cache: OrderedDict[Any, SamImage] = OrderedDict()
 
@@ -400,4 +402,5 @@ class SamRefiner:
             num_points=self.num_points,
             labels=self.labels,
             mask_choice=self.mask_choice,
+            blend=self.blend,
         )

@@ -35,6 +35,7 @@ from fusioncam.batch import (
     write_vqa,
 )
 from fusioncam.evaluate import evaluate_pointing, itm_accuracy, read_referring
+from fusioncam.explain.refine import LABEL_MODES, MASK_BLENDS, MASK_CHOICES
 from fusioncam.explain.render import COLORMAPS
 from fusioncam.images import ImageDecodeError, load_image
 from fusioncam.text import clean_caption
@@ -249,6 +250,14 @@ SamLabelsOption = Annotated[
 SamMaskOption = Annotated[
     str, typer.Option("--sam-mask", help="first: SAM's first mask, as the fork; best-iou: the best predicted IoU.")
 ]
+SamBlendOption = Annotated[
+    str,
+    typer.Option(
+        "--sam-blend",
+        help="fork: SAM's logits blended into the heatmap, as the fork does; probability: the mask's probabilities "
+        "(what a sharpened map wants: nothing outside the mask).",
+    ),
+]
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Folder for the files written per input.")]
 BatchOption = Annotated[int, typer.Option(min=1, help="Pairs per forward pass.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
@@ -287,13 +296,16 @@ def heatmap_results(matcher: BlipMatcher, batch: list[Pair], block: int, per_wor
         yield pair, images[pair.image], result
 
 
-def refiner_for(encoder: str, sam: str, device: str, points: int, sam_labels: str, sam_mask: str) -> SamRefiner | None:
-    check_choice(sam_labels, ("fork", "foreground"), "--sam-labels")
-    check_choice(sam_mask, ("first", "best-iou"), "--sam-mask")
+def refiner_for(
+    encoder: str, sam: str, device: str, points: int, sam_labels: str, sam_mask: str, sam_blend: str = "fork"
+) -> SamRefiner | None:
+    check_choice(sam_labels, LABEL_MODES, "--sam-labels")
+    check_choice(sam_mask, MASK_CHOICES, "--sam-mask")
+    check_choice(sam_blend, MASK_BLENDS, "--sam-blend")
     if encoder != "esam":
         return None
     model = loading(sam, load_sam, sam_preset_name(sam), device=device)
-    return SamRefiner(model, num_points=points, labels=sam_labels, mask_choice=sam_mask)
+    return SamRefiner(model, num_points=points, labels=sam_labels, mask_choice=sam_mask, blend=sam_blend)
 
 
 def refined_results(matcher, refiner: SamRefiner, batch: list[Pair], block: int, per_word: bool):
@@ -324,6 +336,7 @@ def heatmap(
     points: PointsOption = 5,
     sam_labels: SamLabelsOption = "fork",
     sam_mask: SamMaskOption = "first",
+    sam_blend: SamBlendOption = "fork",
     save_mask: Annotated[bool, typer.Option("--save-mask", help="With --encoder esam: the SAM mask as PNG.")] = False,
     out: OutOption = Path("fusioncam-out"),
     per_word: Annotated[
@@ -357,7 +370,7 @@ def heatmap(
     matcher = load_matcher(model, device, encoder, fusion, sam_model)
     if not 0 <= block < matcher.num_blocks:
         raise usage_error(f"--block must be in 0..{matcher.num_blocks - 1} for {matcher.name}")
-    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask)
+    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend)
 
     def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
         if refiner is None:
@@ -469,6 +482,7 @@ def vqa(
     points: PointsOption = 5,
     sam_labels: SamLabelsOption = "fork",
     sam_mask: SamMaskOption = "first",
+    sam_blend: SamBlendOption = "fork",
     block: Annotated[int, typer.Option(help="ITM block of the question heatmap (PNP-VQA: 7).")] = 7,
     num_captions: Annotated[int, typer.Option(min=1, help="Distinct captions per question.")] = 100,
     num_patches: Annotated[int, typer.Option(min=1, help="Patches sampled for each caption.")] = 20,
@@ -511,7 +525,7 @@ def vqa(
     matcher = load_matcher(model, device, encoder, fusion, sam_model)
     if not 0 <= block < matcher.num_blocks:
         raise usage_error(f"--block must be in 0..{matcher.num_blocks - 1} for {matcher.name}")
-    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask)
+    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend)
     captioner = loading(caption_model, load_captioner, caption_model, device=device)
     answerer = loading(qa_model, load_qa, qa_model, device=device)
     config = VQAConfig(
@@ -696,6 +710,7 @@ def eval_pointing(
     points: PointsOption = 5,
     sam_labels: SamLabelsOption = "fork",
     sam_mask: SamMaskOption = "first",
+    sam_blend: SamBlendOption = "fork",
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N records.")] = None,
     device: DeviceOption = "auto",
     batch_size: BatchOption = 16,
@@ -717,7 +732,7 @@ def eval_pointing(
     matcher = load_matcher(model, device, encoder, fusion, sam_model)
     if not 0 <= block < matcher.num_blocks:
         raise usage_error(f"--block must be in 0..{matcher.num_blocks - 1} for {matcher.name}")
-    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask)
+    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend)
     with progress_bar(quiet) as progress:
         task = progress.add_task("pointing", total=len(records))
         try:

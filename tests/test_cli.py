@@ -206,6 +206,18 @@ def test_heatmap_esam_refines_and_saves_the_mask(presets, dogs_jpg: Path, tmp_pa
         assert refined.shape == (24, 24) and refined.min() == 0.0 and refined.max() == pytest.approx(1.0, abs=1e-6)
 
 
+def test_heatmap_esam_sam_blend(presets, dogs_jpg: Path, tmp_path: Path) -> None:
+    args = ["--model", presets["itm"], "--sam-model", presets["sam"], "--block", "1", "--encoder", "esam"]
+    maps = {}
+    for blend in ("fork", "probability"):
+        result = run("heatmap", dogs_jpg, "a dog", "--sam-blend", blend, "--jsonl", "--out", tmp_path / blend, *args)
+        assert result.exit_code == 0, result.stderr
+        maps[blend] = np.load(json.loads(result.stdout)["outputs"]["heatmap"])
+    assert not np.allclose(maps["fork"], maps["probability"])  # the option reaches the refinement
+    bad = run("heatmap", dogs_jpg, "a dog", "--sam-blend", "logits", "--out", tmp_path / "bad", *args)
+    assert bad.exit_code == 2 and "--sam-blend must be one of fork, probability" in bad.stderr
+
+
 def test_segment_folder_and_jsonl(presets, photos: Path, tmp_path: Path, sam_embed_count) -> None:
     args = ["--model", presets["itm"], "--sam-model", presets["sam"], "--block", "1"]
     folder = run("segment", photos, "a dog", "a ball", "--recursive", "--out", tmp_path / "folder", *args)

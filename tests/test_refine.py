@@ -92,6 +92,20 @@ def test_masks_of_the_first_and_best_choice_differ_when_the_best_is_not_first(sa
     assert torch.equal(first.points, best.points)
 
 
+def test_probability_blend_blends_the_mask_probabilities(sam, monkeypatch) -> None:
+    recorder = _Recorder(sam)
+    monkeypatch.setattr(sam, "predict", recorder)
+    image, heatmap = _image(50, 70, 3), _heatmaps(24, 24, seed=3)
+    fork = refine_heatmap(sam, image, heatmap)
+    probability = refine_heatmap(sam, image, heatmap, blend="probability")
+
+    logits = recorder.calls[1][2].upscaled()[0, 0, 0]
+    assert torch.equal(probability.heatmap, blend_mask(heatmap, logits.sigmoid()))
+    assert torch.equal(fork.heatmap, blend_mask(heatmap, logits))
+    assert not torch.allclose(fork.heatmap, probability.heatmap)
+    assert torch.equal(fork.mask, probability.mask)  # only the heatmap changes
+
+
 def test_batch_equals_one_image_at_a_time(sam) -> None:
     # Two images share a prompt size (one decoder batch); the large one is shrunk to 384 on its long side.
     images = [_image(60, 80, 3), _image(500, 300, 4), _image(60, 80, 5)]
@@ -224,6 +238,7 @@ def test_bad_heatmaps_raise(sam, heatmap, message: str) -> None:
         ({"num_points": 7}, "at most 6 points"),
         ({"labels": "weights"}, "labels must be one of fork, foreground"),
         ({"mask_choice": "best"}, "mask_choice must be one of first, best-iou"),
+        ({"blend": "logits"}, "blend must be one of fork, probability"),
         ({"alpha": 1.5}, "alpha"),
     ],
 )

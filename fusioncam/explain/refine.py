@@ -14,8 +14,11 @@ and `esam_refine_chain` are the spec):
 Two of the fork's choices change the result, and both are the defaults so that the numbers match it (DESIGN §5):
 it passes the normalised peak scores as SAM *labels* (`labels="fork"`: EfficientSAM only recognises a label of
 exactly 1, so only the top point is a foreground click and the others add nothing but their position), and it
-takes the first multimask output (`mask_choice="first"`). The SAM-proper alternatives, to be compared by `eval`,
-are `labels="foreground"` (every point a foreground click) and `mask_choice="best-iou"`. Where the fork prints an
+takes the first multimask output (`mask_choice="first"`). A third is how the mask enters the blend: the fork's
+`blend_mask` receives SAM's *logits*, divides them by 255 (its test for a 0–255 mask) and min-max normalises, so
+the background's varying negative logits keep a share of the map (`blend="fork"`). The SAM-proper alternatives, to
+be compared by `eval`, are `labels="foreground"` (every point a foreground click), `mask_choice="best-iou"` and
+`blend="probability"` (the mask's sigmoid probabilities are blended: background ≈ 0). Where the fork prints an
 exception and carries on with the unrefined map, we raise an error that says what was wrong.
 
 scipy is not a dependency: the two scipy operations are emulated with torch in float64 (see each function).
@@ -39,6 +42,8 @@ LabelMode = Literal["fork", "foreground"]
 MaskChoice = Literal["first", "best-iou"]
 LABEL_MODES: tuple[str, ...] = ("fork", "foreground")
 MASK_CHOICES: tuple[str, ...] = ("first", "best-iou")
+MaskBlend = Literal["fork", "probability"]
+MASK_BLENDS: tuple[str, ...] = ("fork", "probability")
 
 # The fork's constants.
 MAX_PROMPT_SIDE = 384  # images are shrunk to this before EfficientSAM (which resizes them again to its own size)
@@ -337,6 +342,7 @@ def refine_heatmaps(
     labels: LabelMode = "fork",
     mask_choice: MaskChoice = "first",
     alpha: float = 0.5,
+    blend: MaskBlend = "fork",
 ) -> list[Refined]:
     """Refine heatmap i with image i: heatmaps [B, h, w] (one per image) or [B, K, h, w] (K per image).
 
@@ -347,6 +353,8 @@ def refine_heatmaps(
         raise ValueError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
     if mask_choice not in MASK_CHOICES:
         raise ValueError(f"mask_choice must be one of {', '.join(MASK_CHOICES)}; got {mask_choice!r}")
+    if blend not in MASK_BLENDS:
+        raise ValueError(f"blend must be one of {', '.join(MASK_BLENDS)}; got {blend!r}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     max_points = sam.config.max_num_points
@@ -375,7 +383,7 @@ def refine_heatmaps(
     results: list[Refined | None] = [None] * len(embedded)
     for indices in groups.values():
         group = [embedded[i] for i in indices]
-        refined = _refine_group(sam, group, maps[indices], num_points, labels, mask_choice, alpha)
+        refined = _refine_group(sam, group, maps[indices], num_points, labels, mask_choice, alpha, blend)
         for index, result in zip(indices, refined, strict=True):
             results[index] = result
     if one_per_image:
@@ -391,6 +399,7 @@ def _refine_group(
     labels: LabelMode,
     mask_choice: MaskChoice,
     alpha: float,
+    blend: MaskBlend,
 ) -> list[Refined]:
     """One decoder batch: G images of one prompt size, each with its K heatmaps [G, K, h, w] as K queries."""
     parameter = next(sam.parameters())
@@ -409,7 +418,8 @@ def _refine_group(
     iou = ious.gather(2, choice[:, :, None])[..., 0]
     # The fork blends the mask at the size SAM was prompted at; the user gets it at the image's own size.
     logits = MaskPrediction(chosen, iou, prompt_size).upscaled()[:, :, 0]
-    heatmaps = blend_mask(maps, logits.float().cpu(), alpha)
+    blended = logits.float().cpu()
+    heatmaps = blend_mask(maps, blended.sigmoid() if blend == "probability" else blended, alpha)
 
     results = []
     for position, image in enumerate(images):
@@ -440,6 +450,7 @@ def refine_heatmap(
     labels: LabelMode = "fork",
     mask_choice: MaskChoice = "first",
     alpha: float = 0.5,
+    blend: MaskBlend = "fork",
 ) -> Refined:
     """Refine one image's heatmap [h, w], or its K heatmaps [K, h, w] against one embedding.
 
@@ -449,7 +460,7 @@ def refine_heatmap(
     maps = _check_heatmaps(heatmap, min_dims=2)
     if maps.ndim > 3:
         raise ValueError(f"heatmap must be [h, w] or [K, h, w] for one image, got {tuple(maps.shape)}")
-    return refine_heatmaps(sam, [image], maps[None], num_points, labels, mask_choice, alpha)[0]
+    return refine_heatmaps(sam, [image], maps[None], num_points, labels, mask_choice, alpha, blend)[0]
 
 
 def _check_heatmaps(heatmap: torch.Tensor | np.ndarray, min_dims: int) -> torch.Tensor:
