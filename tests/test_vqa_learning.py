@@ -43,6 +43,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_presets import write_t5_tokenizer
 
 import fusioncam
 from fusioncam.api import QuestionAnswerer, load_captioner, load_qa
@@ -265,36 +266,14 @@ def _qa_examples(scenes: list[tuple[Scene, Description]]) -> list[tuple[list[str
     return examples
 
 
-def _sentencepiece(folder: Path, texts: list[str]) -> Path:
-    """A SentencePiece model of `texts` with T5's ids (pad 0, eos 1, unk 2, no bos) and its tokenizer config."""
-    import sentencepiece
-
-    folder.mkdir(parents=True, exist_ok=True)
-    corpus = folder / "corpus.txt"
-    corpus.write_text("\n".join(texts) + "\n")
-    sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus),
-        model_prefix=str(folder / "spiece"),
-        model_type="bpe",  # every word of the synthetic language becomes one piece (unigram splits many)
-        vocab_size=150,
-        hard_vocab_limit=False,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        minloglevel=2,
-    )
-    (folder / "tokenizer_config.json").write_text(json.dumps({"extra_ids": 0, "model_max_length": 512}))
-    return folder / "spiece.model"
-
-
 def _train_qa(root: Path, scenes: list[tuple[Scene, Description]]) -> Path:
     """A tiny UnifiedQA (T5 read Fusion-in-Decoder style) taught to answer from passages; returns its preset."""
     from transformers import T5Tokenizer
 
     examples = _qa_examples(scenes)
     texts = [text for passages, answer in examples for text in (*passages, answer)]
-    spiece = _sentencepiece(root / "t5-tokenizer", texts)
+    # BPE: every word of the synthetic language becomes one piece (unigram splits many).
+    spiece = write_t5_tokenizer(root / "t5-tokenizer", texts, vocab_size=150, model_type="bpe")
     tokenizer = T5Tokenizer.from_pretrained(str(spiece.parent))
     config = {"vocab_size": len(tokenizer), **TINY_T5}
 

@@ -125,8 +125,6 @@ T5_CORPUS = [
 def write_tiny_presets(folder: Path) -> dict[str, Path]:
     """Preset files for a tiny ITM model, captioner, EfficientSAM and UnifiedQA (with a SentencePiece model trained
     here)."""
-    import sentencepiece
-
     root = reference_root()
     folder.mkdir(parents=True, exist_ok=True)
     presets = {
@@ -139,14 +137,27 @@ def write_tiny_presets(folder: Path) -> dict[str, Path]:
     presets["itm"].write_text(BLIP_ITM.format(case=root / "blip_itm_gradcam"))
     presets["caption"].write_text(BLIP_CAPTION.format(case=root / "blip_caption_decode"))
 
-    tokenizer_dir = folder / "t5-tokenizer"
-    tokenizer_dir.mkdir(exist_ok=True)
-    corpus = folder / "t5-corpus.txt"
-    corpus.write_text("\n".join(T5_CORPUS * 20))
+    write_t5_tokenizer(folder / "t5-tokenizer", T5_CORPUS * 20, vocab_size=60)
+    t5 = json.loads((root / "pnp_fid_qa" / "config.json").read_text())["t5"]
+    sizes = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads")
+    config = "\n".join(f"{key} = {t5[key]}" for key in sizes)
+    presets["qa"].write_text(T5_QA.format(case=root / "pnp_fid_qa", config=config))
+    return presets
+
+
+def write_t5_tokenizer(folder: Path, texts: list[str], vocab_size: int, model_type: str = "unigram") -> Path:
+    """A SentencePiece model of `texts` with T5's special ids (pad 0, eos 1, unk 2, no bos) and the tokenizer
+    config `T5Tokenizer.from_pretrained(folder)` reads; returns the model file."""
+    import sentencepiece
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(texts) + "\n")
     sentencepiece.SentencePieceTrainer.train(
         input=str(corpus),
-        model_prefix=str(tokenizer_dir / "spiece"),
-        vocab_size=60,
+        model_prefix=str(folder / "spiece"),
+        model_type=model_type,
+        vocab_size=vocab_size,
         hard_vocab_limit=False,
         pad_id=0,
         eos_id=1,
@@ -154,9 +165,5 @@ def write_tiny_presets(folder: Path) -> dict[str, Path]:
         bos_id=-1,
         minloglevel=2,
     )
-    (tokenizer_dir / "tokenizer_config.json").write_text(json.dumps({"extra_ids": 0, "model_max_length": 512}))
-    t5 = json.loads((root / "pnp_fid_qa" / "config.json").read_text())["t5"]
-    sizes = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads")
-    config = "\n".join(f"{key} = {t5[key]}" for key in sizes)
-    presets["qa"].write_text(T5_QA.format(case=root / "pnp_fid_qa", config=config))
-    return presets
+    (folder / "tokenizer_config.json").write_text(json.dumps({"extra_ids": 0, "model_max_length": 512}))
+    return folder / "spiece.model"
