@@ -21,8 +21,9 @@ greedy captions after 600 to 1500 steps (chance: a sixth), and with two objects 
 nor the QA model learnt to bind a colour to its shape in time (accuracy 0.45: colours 0.71, shapes 0.21). More
 data or finer patches did not help: 1500 steps on 10 000 scenes named the shape in 23–30 of 100 held-out captions
 with 6-, 8- or 12-pixel patches. The shapes are in the patch tokens — a classifier on the same tiny ViT reaches 0.82
-on max-pooled patch tokens after 1500 steps — but attention learns slowly to gather them: read off the class token
-the same classifier is at 0.38, and attention is all BLIP's captioner has. So each
+on max-pooled patch tokens after 1500 steps — but soft pooling does not find them in time: read off the class token
+the same classifier is at 0.38, off the tokens' mean at 0.26, and attention is all BLIP's captioner has (its greedy
+captions name the right shape no more often on training scenes than on held-out ones). So each
 scene holds one object; colour questions are answered (30 of 30 with each of three seeds), shape questions about
 as often as chance. The assertions are those that hold with a margin: accuracy ≥ 2.5 × chance over all questions
 (measured 0.60 to 0.67 with seeds 0 to 2; chance 0.15), ≥ 0.8 on colour questions, and every answer a word of the
