@@ -7,27 +7,32 @@ answers is the one `fusioncam vqa` runs:
 - ITM (the question's heatmap, which picks the patches each caption sees): `fusioncam.train` on synth pairs, a few
   dozen steps. Its heatmap need not be good: with 28 of the 36 patches per caption, every caption sees most of
   the image anyway.
-- captioner: a tiny `BlipCaption` trained with `caption_loss` on "a picture of " + the scene caption, every other
-  step from a random subset of patch tokens, as PNP-VQA feeds it; saved in our own layout ("fusioncam").
+- captioner: a tiny `BlipCaption`. Its ViT is first pre-trained to name the scene's object (shape and colour from
+  max-pooled patch tokens), standing in for the ImageNet pre-training BLIP's ViT starts from, then frozen; the
+  decoder is trained with `caption_loss` on "a picture of " + the scene caption, every other step from a random
+  subset of patch tokens, as PNP-VQA feeds it. Saved in our own layout ("fusioncam").
 - UnifiedQA: a tiny T5 with a SentencePiece vocabulary of the synthetic language, trained Fusion-in-Decoder style
   on passages built exactly as PNP-VQA builds them (`qa_passages`), from captions written from the scene's objects
   with some colours and shapes wrong, as a sampling captioner writes them.
 
 Held-out scenes ("val" split) are then asked their colour and shape questions.
 
-What two CPU cores teach in about a minute, measured while writing this: colours, within a few hundred steps;
-shapes, hardly. A ViT from scratch at 48 px names the right one of six shapes in a quarter to a third of its
-greedy captions after 600 to 1500 steps (chance: a sixth), and with two objects per scene neither the captioner
-nor the QA model learnt to bind a colour to its shape in time (accuracy 0.45: colours 0.71, shapes 0.21). More
-data or finer patches did not help: 1500 steps on 10 000 scenes named the shape in 23–30 of 100 held-out captions
-with 6-, 8- or 12-pixel patches. The shapes are in the patch tokens — a classifier on the same tiny ViT reaches 0.82
-on max-pooled patch tokens after 1500 steps — but soft pooling does not find them in time: read off the class token
-the same classifier is at 0.38, off the tokens' mean at 0.26, and attention is all BLIP's captioner has (its greedy
-captions name the right shape no more often on training scenes than on held-out ones). So each
-scene holds one object; colour questions are answered (30 of 30 with each of three seeds), shape questions about
-as often as chance. The assertions are those that hold with a margin: accuracy ≥ 2.5 × chance over all questions
-(measured 0.60 to 0.67 with seeds 0 to 2; chance 0.15), ≥ 0.8 on colour questions, and every answer a word of the
-kind asked. The issue's "≥ max(2.5 × chance, 0.5)" would need every colour question right, shapes being at chance.
+Why the pre-training (measured while writing this, greedy captions of held-out scenes): trained from random
+weights with the captioner, a tiny ViT learns colours within a few hundred steps and shapes hardly — the right one
+of six shapes in 23–30 of 100 captions after 600 to 2000 steps (chance: a sixth), whether on 2 000 or 10 000
+scenes, with 4-, 6-, 8- or 12-pixel patches, 48 or 64 px, ViT depth 0 or 2, decoder width 64 or 128; and as rarely
+on the training scenes themselves. The shapes are in the patch tokens: a classifier on the same ViT reaches 0.82
+from max-pooled tokens after 1500 steps, but 0.38 from the class token and 0.26 from the tokens' mean — soft
+pooling, which is all attention gives a captioner, is slow to learn to find a small object's outline. With the
+pre-trained ViT frozen the captioner names the shape in about two thirds of held-out greedy captions; fine-tuned
+at the captioner's learning rate it forgets them (0.36). The ViT is pre-trained on 6 000 scenes: on 2 000 it
+learnt the training scenes' shapes (0.93) and not the held-out ones' (0.40).
+
+Each scene holds one object: with two, neither the captioner nor the QA model learnt to bind a colour to its shape
+in time (accuracy 0.45: colours 0.71, shapes 0.21, before the pre-training). Measured with seeds 0, 1, 2 on 120
+held-out questions: accuracy 0.78, 0.75, 0.74 (chance 0.15); colours 60/60 each time; shapes 33, 30, 29 of 60
+(chance 0.17). The assertions keep a margin below those: accuracy ≥ max(0.6, 3 × chance), colours ≥ 0.9,
+shapes ≥ 2 × chance, and every answer a word of the kind asked.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from tiny_presets import write_t5_tokenizer
 
@@ -72,9 +78,10 @@ CAPTION_MIN_LENGTH, CAPTION_MAX_LENGTH = 12, 16
 TOP_K = 3  # the tiny captioner's words beyond its best few are noise
 
 ITM_SCENES, ITM_STEPS = 256, 60
-CAPTION_SCENES, CAPTION_STEPS, CAPTION_BATCH = 2000, 600, 32
+CAPTION_SCENES, CAPTION_STEPS, CAPTION_BATCH = 6000, 600, 32
+VISION_STEPS = 1500  # pre-training of the captioner's ViT
 QA_SCENES, QA_STEPS, QA_BATCH = 600, 200, 32
-VAL_SCENES = 30  # one colour and one shape question each
+VAL_SCENES = 60  # one colour and one shape question each
 
 TINY_ITM = {
     "embed_dim": 16,
@@ -197,8 +204,29 @@ def _bert_init(model: torch.nn.Module) -> None:
                 torch.nn.init.zeros_(module.bias)
 
 
+def _pretrain_vision(vision: torch.nn.Module, pixels: torch.Tensor, scenes: list[tuple[Scene, Description]]) -> None:
+    """Pre-train the captioner's ViT to name its scene's object: shape and colour, read off the max-pooled patch
+    tokens — the stand-in for the ImageNet pre-training BLIP's ViT starts from.
+
+    Trained with the captioner from random weights, a tiny ViT learns colours but not shapes within minutes (see the
+    module docstring): gathering a small object's shape by soft attention is slow to learn. Max-pooling learns it.
+    """
+    shapes = torch.tensor([list(SHAPES).index(scene.objects[0].shape) for scene, _ in scenes])
+    colors = torch.tensor([list(COLORS).index(scene.objects[0].color) for scene, _ in scenes])
+    head = torch.nn.Linear(vision.config.width, len(SHAPES) + len(COLORS))
+    parameters = [*vision.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(SEED)
+    for _ in range(VISION_STEPS):
+        batch = torch.randint(len(scenes), (CAPTION_BATCH,), generator=generator)
+        logits = head(vision(pixels[batch])[:, 1:].amax(dim=1))
+        loss = F.cross_entropy(logits[:, : len(SHAPES)], shapes[batch])
+        _step(optimizer, loss + F.cross_entropy(logits[:, len(SHAPES) :], colors[batch]))
+
+
 def _train_captioner(root: Path, scenes: list[tuple[Scene, Description]], vocab: Path) -> Path:
-    """A tiny BLIP captioner taught "a picture of " + caption; returns its preset (our own layout, "fusioncam")."""
+    """A tiny BLIP captioner taught "a picture of " + caption on its pre-trained, frozen ViT; returns its preset (our
+    own layout, "fusioncam"). Frozen, because the captioning loss at this learning rate soon erases the shapes."""
     config = BlipCaptionConfig.from_dict(TINY_CAPTION)
     tokenizer = BlipTokenizer(vocab, max_length=config.max_txt_len)
     pixels = ImageTransform(IMAGE_SIZE, BLIP_MEAN, BLIP_STD)([scene.image for scene, _ in scenes])
@@ -211,7 +239,10 @@ def _train_captioner(root: Path, scenes: list[tuple[Scene, Description]], vocab:
     with _seeded(SEED):
         model = BlipCaption(config)
         _bert_init(model)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+        _pretrain_vision(model.vision_encoder, pixels, scenes)
+        model.vision_encoder.requires_grad_(False)
+        trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=2e-3, weight_decay=0.01)
         for step in range(CAPTION_STEPS):
             _set_lr(optimizer, 2e-3, step, CAPTION_STEPS)
             batch = torch.randint(len(scenes), (CAPTION_BATCH,), generator=generator)
@@ -390,12 +421,13 @@ def test_answers_held_out_colour_and_shape_questions_far_above_chance(tiny_vqa: 
         f"{kinds}. Training: {timing}; answering {seconds:.0f}s"
     )
 
-    assert len(questions) >= 40
+    assert min(asked.values()) >= 50
     # The QA model reads the question: a colour for a colour question, a shape for a shape question.
     for record, result in zip(questions, results, strict=True):
         assert result.answer in tiny_vqa.answers[_kind(record["question"])], (record, result.answer)
-    assert accuracy >= 2.5 * chance
-    assert right["color"] / asked["color"] >= 0.8
+    assert accuracy >= max(0.6, 3 * chance)
+    assert right["color"] / asked["color"] >= 0.9
+    assert right["shape"] / asked["shape"] >= 2 / len(tiny_vqa.answers["shape"])
 
 
 def test_same_seed_same_captions_and_answers_other_seed_other_captions(tiny_vqa: TinyVQA) -> None:
