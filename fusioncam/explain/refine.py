@@ -11,12 +11,12 @@ and `esam_refine_chain` are the spec):
    logits resized to the heatmap grid like `scipy.ndimage.zoom(order=1)`, blended 0.5/0.5 with the heatmap and
    min-max normalised (`blend_mask`).
 
-Two of the fork's choices change the result, and both are the defaults so that the numbers match it (DESIGN §5):
+Three of the fork's choices change the result, and all are the defaults so that the numbers match it (DESIGN §5):
 it passes the normalised peak scores as SAM *labels* (`labels="fork"`: EfficientSAM only recognises a label of
-exactly 1, so only the top point is a foreground click and the others add nothing but their position), and it
-takes the first multimask output (`mask_choice="first"`). A third is how the mask enters the blend: the fork's
-`blend_mask` receives SAM's *logits*, divides them by 255 (its test for a 0–255 mask) and min-max normalises, so
-the background's varying negative logits keep a share of the map (`blend="fork"`). The SAM-proper alternatives, to
+exactly 1, so only the top point is a foreground click and the others add nothing but their position); it takes
+the first multimask output (`mask_choice="first"`); and its `blend_mask` receives SAM's *logits*, divides them by
+255 (its test for a 0–255 mask) and min-max normalises, so the background's varying negative logits keep a share
+of the map (`blend="fork"`). The SAM-proper alternatives, to
 be compared by `eval`, are `labels="foreground"` (every point a foreground click), `mask_choice="best-iou"` and
 `blend="probability"` (the mask's sigmoid probabilities are blended: background ≈ 0). Where the fork prints an
 exception and carries on with the unrefined map, we raise an error that says what was wrong.
@@ -418,8 +418,8 @@ def _refine_group(
     iou = ious.gather(2, choice[:, :, None])[..., 0]
     # The fork blends the mask at the size SAM was prompted at; the user gets it at the image's own size.
     logits = MaskPrediction(chosen, iou, prompt_size).upscaled()[:, :, 0]
-    blended = logits.float().cpu()
-    heatmaps = blend_mask(maps, blended.sigmoid() if blend == "probability" else blended, alpha)
+    mask_logits = logits.float().cpu()
+    heatmaps = blend_mask(maps, mask_logits.sigmoid() if blend == "probability" else mask_logits, alpha)
 
     results = []
     for position, image in enumerate(images):
