@@ -143,16 +143,22 @@ class BlipMatcher:
         return (image * text).sum(-1)
 
     @torch.no_grad()
+    def _itm(self, image_embeds: torch.Tensor, encoding) -> torch.Tensor:
+        """ITM match probability of row i of images with row i of texts."""
+        input_ids = self.tokenizer.for_itm(encoding.input_ids)
+        return self.model.itm(image_embeds, input_ids, encoding.attention_mask).match_probability
+
+    def match_probabilities(self, image_embeds: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """ITM match probability [B] of text i with image tokens i (rows of `embed_images`), without ITC."""
+        return self._itm(image_embeds, self._encode(texts)[1])
+
+    @torch.no_grad()
     def score(self, image: np.ndarray, texts: Sequence[str]) -> list[Score]:
         """Score many texts against one image; the image is encoded once."""
         cleaned, encoding = self._encode(texts)
         image_embeds = self.embed_images([image]).expand(len(texts), -1, -1)
-        itm = self.model.itm(image_embeds, self.tokenizer.for_itm(encoding.input_ids), encoding.attention_mask)
-        itc = self._itc(image_embeds, encoding)
-        return [
-            Score(text, float(p), float(s))
-            for text, p, s in zip(cleaned, itm.match_probability.cpu(), itc.cpu(), strict=True)
-        ]
+        itm, itc = self._itm(image_embeds, encoding), self._itc(image_embeds, encoding)
+        return [Score(text, float(p), float(s)) for text, p, s in zip(cleaned, itm.cpu(), itc.cpu(), strict=True)]
 
     def heatmaps(
         self,

@@ -193,10 +193,8 @@ def match_probabilities(
     fused, as `matcher` was loaded) — what `BlipMatcher.score` gives one image at a time, without the ITC part."""
     tokens = matcher.embed_images(images)
     owner = torch.tensor([i for i, group in enumerate(texts) for _ in group], device=tokens.device)
-    encoding = matcher.tokenizer([clean_caption(text) for group in texts for text in group]).to(matcher.device)
-    with torch.no_grad():
-        itm = matcher.model.itm(tokens[owner], matcher.tokenizer.for_itm(encoding.input_ids), encoding.attention_mask)
-    flat = itm.match_probability.float().cpu().tolist()
+    probabilities = matcher.match_probabilities(tokens[owner], [text for group in texts for text in group])
+    flat = probabilities.float().cpu().tolist()
     out, start = [], 0
     for group in texts:
         out.append(flat[start : start + len(group)])

@@ -217,8 +217,8 @@ class PNPVQA:
         Why the drop and not the decoder's cross-attention mass per passage: attention says where the decoder
         read, not whether that changed the answer; removing a passage measures its effect on this very answer.
         FiD makes it cheap: passages are encoded separately, so dropping one needs no re-encoding (and the decoder's
-        cross-attention keys and values are projected once for all removals). The map adds each
-        caption's positive contribution onto the patches it was decoded from.
+        cross-attention keys and values are projected once for all removals). The map adds each caption's positive
+        contribution onto the patches it was decoded from.
         """
         model, per_passage = self.qa.model, self.config.captions_per_passage
         one = FiDEncoding(
@@ -228,18 +228,14 @@ class PNPVQA:
         if one.num_passages == 1:  # nothing to compare with: contributions stay unknown (None)
             return answer_map.reshape(grid)
         answer_ids = answer_ids[None]
-        full = float(model.answer_log_prob(one, answer_ids)[0])
-        drops = (full - model.answer_log_prob_without_each(one, answer_ids, _EXPLAIN_CHUNK)).tolist()
+        with_all, without_each = model.leave_one_out_log_probs(one, answer_ids)
+        drops = (with_all - without_each).tolist()
         for passage, drop in enumerate(drops):
             for item in evidence[passage * per_passage : (passage + 1) * per_passage]:
                 item.contribution = drop
                 if drop > 0:
                     answer_map[item.patches] += drop
         return answer_map.reshape(grid)
-
-
-# Passages whose removal is measured in one decoder batch: bounded so that memory stays bounded for 100 passages.
-_EXPLAIN_CHUNK = 16
 
 
 def _sampling_weights(gradcams: torch.Tensor, num_patches: int) -> torch.Tensor:

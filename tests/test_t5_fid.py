@@ -228,6 +228,7 @@ def test_leave_one_out_equals_encoding_without_each_passage() -> None:
     with torch.no_grad():
         encoding = qa.encode(ids, mask)
         answer = qa.generate(encoding, max_new_tokens=4)[:, 1:]
-        fast = qa.answer_log_prob_without_each(encoding, answer, chunk=2)
+        with_all, fast = qa.leave_one_out_log_probs(encoding, answer, chunk=2)
         slow = torch.cat([qa.answer_log_prob(encoding.without_passage(i), answer) for i in range(5)])
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(with_all, qa.answer_log_prob(encoding, answer), atol=1e-5, rtol=1e-5)

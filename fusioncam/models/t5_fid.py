@@ -155,44 +155,49 @@ class FusionInDecoderQA(nn.Module):
         `answer_ids` [B, T] are the answer tokens after the decoder start token — as `generate(...)[:, 1:]` gives
         them: ending in eos unless cut at the length limit, padded with the pad token (which counts nothing).
         """
-        start = torch.full_like(answer_ids[:, :1], self.decoder_start_token_id)
-        logits = self.logits(encoding, torch.cat([start, answer_ids[:, :-1]], dim=1))
-        token_log_probs = logits.float().log_softmax(-1).gather(-1, answer_ids[..., None])[..., 0]
-        return (token_log_probs * (answer_ids != self.pad_token_id)).sum(dim=1)
+        return self._sequence_log_prob(self.logits(encoding, self._teacher_forced(answer_ids)), answer_ids)
 
-    def answer_log_prob_without_each(
+    def leave_one_out_log_probs(
         self, encoding: FiDEncoding, answer_ids: torch.Tensor, chunk: int = 16
-    ) -> torch.Tensor:
-        """Log-probability [n] of one sample's answer with each of its n passages left out in turn.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability of one sample's answer with all its n passages [1], and with each left out in turn [n].
 
-        Equal to `answer_log_prob(encoding.without_passage(i), answer_ids)` for every i, computed without building
-        those encodings: leaving a passage out of the decoder's cross-attention is masking its tokens (they get
-        zero weight, and nothing else in the decoder reads the encoder). The cross-attention keys and values are
-        projected once and shared, as stride-0 views, by the `chunk` removals that run as one batch: copying them
-        per removal (100 passages × every layer) cost CPUs more than all the attention itself.
+        The second equals `answer_log_prob(encoding.without_passage(i), answer_ids)` for every i, computed without
+        building those encodings: leaving a passage out of the decoder's cross-attention is masking its tokens
+        (they get zero weight, and nothing else in the decoder reads the encoder). The cross-attention keys and
+        values are projected once, by the pass with all passages, and shared as stride-0 views by the `chunk`
+        removals that run as one batch: copying them per removal (100 passages × every layer) cost CPUs more than
+        all the attention itself. Memory grows with `chunk` only through the masks and attention scores.
         """
         if encoding.last_hidden_state.shape[0] != 1 or answer_ids.shape[0] != 1:
             raise ValueError("leave-one-out is computed for one sample at a time")
         if encoding.num_passages < 2:
             raise ValueError("cannot leave out the only passage")
-        start = torch.full_like(answer_ids[:, :1], self.decoder_start_token_id)
-        decoder_ids = torch.cat([start, answer_ids[:, :-1]], dim=1)
+        decoder_ids = self._teacher_forced(answer_ids)
         full = self._new_cache()
-        self.logits(encoding, decoder_ids, full)  # fills the cross-attention cache for all passages
+        with_all = self._sequence_log_prob(self.logits(encoding, decoder_ids, full), answer_ids)
         cross = [(layer.keys, layer.values) for layer in full.cross_attention_cache.layers]
-        length = encoding.passage_length
-        results = []
+        positions = torch.arange(encoding.attention_mask.shape[1], device=answer_ids.device)
+        passage_of_token = positions // encoding.passage_length
+        without = []
         for first in range(0, encoding.num_passages, chunk):
             left_out = torch.arange(first, min(first + chunk, encoding.num_passages), device=answer_ids.device)
             batch = len(left_out)
-            passage_of_token = torch.arange(encoding.attention_mask.shape[1], device=answer_ids.device) // length
             mask = encoding.attention_mask * (passage_of_token[None] != left_out[:, None])
             shared = FiDEncoding(encoding.last_hidden_state.expand(batch, -1, -1), mask, encoding.num_passages)
-            targets = answer_ids.expand(batch, -1)
             logits = self.logits(shared, decoder_ids.expand(batch, -1), self._shared_cross_cache(cross, batch))
-            token_log_probs = logits.float().log_softmax(-1).gather(-1, targets[..., None])[..., 0]
-            results.append((token_log_probs * (targets != self.pad_token_id)).sum(dim=1))
-        return torch.cat(results)
+            without.append(self._sequence_log_prob(logits, answer_ids.expand(batch, -1)))
+        return with_all, torch.cat(without)
+
+    def _teacher_forced(self, answer_ids: torch.Tensor) -> torch.Tensor:
+        """Decoder inputs that predict `answer_ids`: the start token, then the answer without its last token."""
+        start = torch.full_like(answer_ids[:, :1], self.decoder_start_token_id)
+        return torch.cat([start, answer_ids[:, :-1]], dim=1)
+
+    def _sequence_log_prob(self, logits: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
+        """Summed log-probability [B] of `answer_ids` [B, T] under teacher-forced `logits` [B, T, vocab]."""
+        token_log_probs = logits.float().log_softmax(-1).gather(-1, answer_ids[..., None])[..., 0]
+        return (token_log_probs * (answer_ids != self.pad_token_id)).sum(dim=1)
 
     def _shared_cross_cache(self, cross: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> EncoderDecoderCache:
         """A fresh cache whose cross-attention holds `cross`'s [1, …] keys and values as [batch, …] views."""
