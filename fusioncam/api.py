@@ -39,11 +39,15 @@ from fusioncam.weights import Preset, get_preset, resolve_file
 
 @dataclass
 class Score:
-    """How well one text matches one image: ITM match probability and ITC cosine similarity."""
+    """How well one text matches one image: ITM match probability and ITC cosine similarity.
+
+    `truncated`: the text was longer than the model reads, and only its beginning was scored.
+    """
 
     text: str
     itm_score: float
     itc_score: float
+    truncated: bool = False
 
 
 @dataclass
@@ -51,7 +55,8 @@ class Heatmap:
     """Where the model looks for one (image, text) pair.
 
     `heatmap` is the sentence map (LAVIS row 1) on the patch grid; `word_maps` the per-word maps when asked;
-    `token_maps` every token's map (position 0 = `[ENC]`).
+    `token_maps` every token's map (position 0 = `[ENC]`); `truncated` that the text was longer than the model
+    reads, so the maps cover its beginning only.
     """
 
     text: str
@@ -61,6 +66,7 @@ class Heatmap:
     heatmap: np.ndarray
     token_maps: np.ndarray
     word_maps: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    truncated: bool = False
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -153,12 +159,18 @@ class BlipMatcher:
         return self._itm(image_embeds, self._encode(texts)[1])
 
     @torch.no_grad()
+    def scores(self, image_embeds: torch.Tensor, texts: Sequence[str]) -> list[Score]:
+        """Score text i against image tokens i (rows of `embed_images`)."""
+        cleaned, encoding = self._encode(texts)
+        itm, itc = self._itm(image_embeds, encoding).cpu(), self._itc(image_embeds, encoding).cpu()
+        return [
+            Score(text, float(p), float(s), truncated)
+            for text, p, s, truncated in zip(cleaned, itm, itc, encoding.truncated, strict=True)
+        ]
+
     def score(self, image: np.ndarray, texts: Sequence[str]) -> list[Score]:
         """Score many texts against one image; the image is encoded once."""
-        cleaned, encoding = self._encode(texts)
-        image_embeds = self.embed_images([image]).expand(len(texts), -1, -1)
-        itm, itc = self._itm(image_embeds, encoding), self._itc(image_embeds, encoding)
-        return [Score(text, float(p), float(s)) for text, p, s in zip(cleaned, itm.cpu(), itc.cpu(), strict=True)]
+        return self.scores(self.embed_images([image]).expand(len(texts), -1, -1), texts)
 
     def heatmaps(
         self,
@@ -196,6 +208,7 @@ class BlipMatcher:
                     heatmap=cam.sentence_maps[index].float().cpu().numpy(),
                     token_maps=cam.token_maps[index].float().cpu().numpy(),
                     word_maps=[(word, m.float().cpu().numpy()) for word, m in words],
+                    truncated=encoding.truncated[index],
                 )
             )
         return results

@@ -10,15 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
-from fusioncam.api import Heatmap
+from fusioncam.api import Heatmap, Score
 from fusioncam.explain.refine import Refined
 from fusioncam.explain.render import contact_sheet, cutout, mask_overlay, overlay, peak_location, save_png
 from fusioncam.vqa import VQAResult
@@ -28,12 +29,17 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 
 @dataclass(frozen=True)
 class Pair:
-    """One unit of work: an image, a text, and a short name for its output files."""
+    """One unit of work: an image, a text, and a short name for its output files.
+
+    `extra` holds the other fields of the JSONL record it came from (a scene id, a ground-truth answer …), copied
+    into its result record so that results can be joined back to their inputs.
+    """
 
     image: Path
     text: str
     origin: str  # where it came from, for messages: a path, or "stdin:3"
     stem: Path  # output path stem relative to --out, without suffixes
+    extra: dict = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -46,18 +52,43 @@ class Failure:
     text: str | None = None
 
 
-def slug(text: str, limit: int = 48) -> str:
-    """A file-name-safe version of `text`; long texts keep a short hash so that names stay unique."""
-    cleaned = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "text"
-    if len(cleaned) <= limit:
-        return cleaned
-    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
-    return f"{cleaned[:limit].rstrip('-')}-{digest}"
+_NOT_A_LETTER = re.compile(r"[\W_]+")  # keeps letters and digits of every script
+_MAX_PART_BYTES = 96  # image part and text part of a file name: with suffixes, far below the usual 255 bytes
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+
+
+def _shorten(name: str, original: str, limit: int = _MAX_PART_BYTES) -> str:
+    """`name` cut to `limit` UTF-8 bytes on a character boundary, marked with `~` and a hash of `original`."""
+    room = limit - 11
+    cut = name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore").rstrip("-")
+    return f"{cut}~{_digest(original)}"
+
+
+def slug(text: str) -> str:
+    """A file-name part for `text` that no other text shares.
+
+    Lowercase letters and digits (of any script: "犬" stays "犬") joined by `-`. When that is not the text itself
+    (capitals, punctuation, spaces, a long text) a `~` and a hash of the exact text follow, so "A Dog!", "a dog" and
+    "a  dog?" get three names. Never contains `/`, `.`, `_` or a leading `-`, so it cannot leave the output folder
+    and the `__` before it in a file name is unambiguous.
+    """
+    readable = _NOT_A_LETTER.sub("-", unicodedata.normalize("NFC", text).lower()).strip("-")
+    if readable == text and len(text.encode("utf-8", "surrogateescape")) <= _MAX_PART_BYTES:
+        return readable
+    return _shorten(readable or "text", text)
+
+
+def _image_part(name: str) -> str:
+    """An image file's name as the first part of its outputs' names (the suffix kept: a.jpg and a.png differ)."""
+    return name if len(name.encode("utf-8", "surrogateescape")) <= _MAX_PART_BYTES else _shorten(name, name)
 
 
 def _stem(image: Path, text: str, relative_to: Path | None) -> Path:
     relative = image.relative_to(relative_to) if relative_to else Path(image.name)
-    return relative.parent / f"{relative.stem}__{slug(text)}"
+    return relative.parent / f"{_image_part(relative.name)}__{slug(text)}"
 
 
 def folder_images(folder: Path, recursive: bool) -> list[Path]:
@@ -103,7 +134,8 @@ def pairs_from_jsonl(lines: Iterable[str], name: str, base: Path, text_key: str 
             yield Failure(origin, f'missing "{text_key}" (a non-empty string)', image=image)
             continue
         path = Path(image) if Path(image).is_absolute() else base / image
-        yield Pair(path, text, origin, Path(f"{number:06d}-{path.stem}__{slug(text)}"))
+        extra = {key: value for key, value in record.items() if key not in ("image", text_key)}
+        yield Pair(path, text, origin, Path(f"{number:06d}-{_image_part(path.name)}__{slug(text)}"), extra)
 
 
 def read_jsonl(stream: TextIO, name: str, base: Path, text_key: str = "text") -> Iterator[Pair | Failure]:
@@ -131,18 +163,37 @@ def _paths(out_dir: Path, pair: Pair, *kinds: str) -> dict[str, Path]:
     return {kind: base.with_name(base.name + suffixes[kind]) for kind in kinds}
 
 
+def _source(pair: Pair) -> dict:
+    """Where a record's input came from, and the input record's own other fields (under `input`)."""
+    return {"origin": pair.origin} | ({"input": pair.extra} if pair.extra else {})
+
+
 def _record(pair: Pair, image: np.ndarray, result: Heatmap, model: str) -> dict:
     height, width = image.shape[:2]
     return {
         "image": str(pair.image),
         "text": pair.text,
         "cleaned_text": result.text,
+        "truncated": result.truncated,
         "model": model,
         "block": result.block,
         "itm_score": result.itm_score,
         "itc_score": result.itc_score,
         "image_size": {"width": width, "height": height},
-    }
+    } | _source(pair)
+
+
+def score_record(pair: Pair, result: Score, model: str) -> dict:
+    """The record of `fusioncam score` (no files: scores only)."""
+    return {
+        "image": str(pair.image),
+        "text": pair.text,
+        "cleaned_text": result.text,
+        "truncated": result.truncated,
+        "model": model,
+        "itm_score": result.itm_score,
+        "itc_score": result.itc_score,
+    } | _source(pair)
 
 
 def _sam_record(refined: Refined) -> dict:
@@ -156,7 +207,7 @@ def _sam_record(refined: Refined) -> dict:
 
 def _finish(record: dict, paths: dict[str, Path]) -> dict:
     record["outputs"] = {key: str(path) for key, path in paths.items()}
-    paths["json"].write_text(json.dumps(record, indent=2) + "\n")
+    paths["json"].write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return record
 
 
@@ -248,7 +299,7 @@ def write_vqa(
             for item in result.evidence
         ],
         "seconds": {stage: round(value, 4) for stage, value in result.seconds.items()},
-    }
+    } | _source(pair)
     if result.answer_map is not None:
         save_png(paths["answer_overlay"], overlay(image, result.answer_map, alpha=alpha, colormap=colormap))
         np.save(paths["answer_map"], result.answer_map.astype(np.float32))

@@ -39,14 +39,19 @@ class Word:
 
 @dataclass
 class Encoding:
-    """A tokenized batch: ids and mask [B, L] plus, per text, its words and their token positions."""
+    """A tokenized batch: ids and mask [B, L] plus, per text, its words and their token positions.
+
+    `truncated[i]` says that text i had more word-pieces than the model reads: its map and words stop early, and
+    a user must be told so rather than shown a map of half a sentence as if it were the whole.
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     words: list[list[Word]]
+    truncated: list[bool]
 
     def to(self, device: torch.device | str) -> Encoding:
-        return Encoding(self.input_ids.to(device), self.attention_mask.to(device), self.words)
+        return Encoding(self.input_ids.to(device), self.attention_mask.to(device), self.words, self.truncated)
 
 
 class EmptyTextError(ValueError):
@@ -80,16 +85,18 @@ class BlipTokenizer:
         for text in texts:
             if not text.strip():
                 raise EmptyTextError("empty text: give at least one word")
+        limit = max_length or self.max_length
         batch = self._tokenizer(
             texts,
             padding="longest",
             truncation=True,
-            max_length=max_length or self.max_length,
+            max_length=limit,
             return_offsets_mapping=True,
             return_tensors="pt",
         )
         words = [self._words(text, batch, index) for index, text in enumerate(texts)]
-        return Encoding(batch["input_ids"], batch["attention_mask"], words)
+        lengths = [len(ids) for ids in self._tokenizer(texts, truncation=False)["input_ids"]]
+        return Encoding(batch["input_ids"], batch["attention_mask"], words, [length > limit for length in lengths])
 
     @staticmethod
     def _words(text: str, batch, index: int) -> list[Word]:

@@ -17,6 +17,7 @@ from tiny_presets import write_tiny_presets
 from typer.testing import CliRunner
 
 import fusioncam
+from fusioncam.batch import slug
 from fusioncam.cli import app
 
 
@@ -76,9 +77,10 @@ def test_folder_with_a_corrupt_image_names_it_and_does_the_rest(
     result = run("heatmap", photos, "a dog", "--recursive", "--model", tiny_preset, "--out", tmp_path, "--block", "1")
     assert result.exit_code == 1
     assert "broken.jpg" in result.stderr
-    assert (tmp_path / "dogs__a-dog.overlay.png").is_file()
-    assert (tmp_path / "sub" / "gradient__a-dog.overlay.png").is_file()
-    assert cv2.imread(str(tmp_path / "sub" / "gradient__a-dog.overlay.png")).shape == (80, 120, 3)
+    name = slug("a dog")
+    assert (tmp_path / f"dogs.jpg__{name}.overlay.png").is_file()
+    assert (tmp_path / "sub" / f"gradient.png__{name}.overlay.png").is_file()
+    assert cv2.imread(str(tmp_path / "sub" / f"gradient.png__{name}.overlay.png")).shape == (80, 120, 3)
     assert len(list(tmp_path.rglob("*.json"))) == 2
 
 
@@ -133,6 +135,8 @@ def test_score_table_and_jsonl(tiny_preset: Path, dogs_jpg: Path) -> None:
     assert [r["itm_score"] for r in records] == pytest.approx([s.itm_score for s in scores], rel=1e-5)
     table = run("score", dogs_jpg, "a dog", "--model", tiny_preset)
     assert table.exit_code == 0 and "a dog" in table.stdout
+    empty = run("score", dogs_jpg, "...", "a dog", "--model", tiny_preset)
+    assert empty.exit_code == 1 and "'...'" in empty.stderr and "empty after cleaning" in empty.stderr
 
 
 @pytest.mark.parametrize(
@@ -143,7 +147,6 @@ def test_score_table_and_jsonl(tiny_preset: Path, dogs_jpg: Path) -> None:
         ["heatmap", "{dogs}", "a dog", "--block", "7"],
         ["heatmap", "{dogs}", "a dog", "--colormap", "rainbowish"],
         ["heatmap", "{dogs}", "a dog", "--model", "blip-itm-bse"],
-        ["score", "{dogs}", "..."],
     ],
 )
 def test_usage_errors_exit_2(tiny_preset: Path, dogs_jpg: Path, args: list[str]) -> None:
@@ -215,7 +218,7 @@ def test_heatmap_esam_sam_blend(presets, dogs_jpg: Path, tmp_path: Path) -> None
         maps[blend] = np.load(json.loads(result.stdout)["outputs"]["heatmap"])
     assert not np.allclose(maps["fork"], maps["probability"])  # the option reaches the refinement
     bad = run("heatmap", dogs_jpg, "a dog", "--sam-blend", "logits", "--out", tmp_path / "bad", *args)
-    assert bad.exit_code == 2 and "--sam-blend must be one of fork, probability" in bad.stderr
+    assert bad.exit_code == 2 and "--sam-blend" in bad.stderr and "'fork', 'probability'" in bad.stderr
 
 
 def test_segment_folder_and_jsonl(presets, photos: Path, tmp_path: Path, sam_embed_count) -> None:
@@ -259,7 +262,8 @@ def test_vqa_file_folder_and_jsonl(presets, photos: Path, tmp_path: Path) -> Non
 
     folder = run("vqa", photos, "is it raining?", "--recursive", "--out", tmp_path / "b", *args)
     assert folder.exit_code == 1 and "broken.jpg" in folder.stderr
-    assert len(folder.stdout.strip().splitlines()) == 2  # image, question, answer per line
+    header, *rows = folder.stdout.strip().splitlines()  # piped: tab-separated, a header, a row per answer
+    assert header.split("\t") == ["image", "question", "answer", "answer map"] and len(rows) == 2
 
     stdin = json.dumps({"image": str(photos / "dogs.jpg"), "question": "how many dogs?"})
     piped = run("vqa", "-", "--jsonl", "--out", tmp_path / "c", *args, stdin=stdin)

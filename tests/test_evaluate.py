@@ -66,14 +66,14 @@ def test_eval_pointing_cli_on_synthetic_scenes(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "--overwrite" in again.stderr
 
     data = tmp_path / "scenes" / "referring.jsonl"
-    args = ["eval", "pointing", "--data", str(data), "--model", str(presets["itm"]), "--block", "1", "--json"]
+    args = ["eval", "pointing", "--data", str(data), "--model", str(presets["itm"]), "--block", "1", "--jsonl"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["count"] == len(read_referring(data))
     assert 0 <= report["pointing"] <= 1 and 0 < report["random_pointing"] < 1
 
-    args = ["eval", "itm", "--data", str(data), "--model", str(presets["itm"]), "--json", "--seed", "3"]
+    args = ["eval", "itm", "--data", str(data), "--model", str(presets["itm"]), "--jsonl", "--seed", "3"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.stderr
     matcher = fusioncam.load(str(presets["itm"]), device="cpu")

@@ -29,21 +29,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fusioncam.choices import LABEL_MODES, MASK_BLENDS, MASK_CHOICES, LabelMode, MaskBlend, MaskChoice
 from fusioncam.images import check_rgb
 from fusioncam.models.efficient_sam import EfficientSam, ImageEmbedding, MaskPrediction
-
-LabelMode = Literal["fork", "foreground"]
-MaskChoice = Literal["first", "best-iou"]
-LABEL_MODES: tuple[str, ...] = ("fork", "foreground")
-MASK_CHOICES: tuple[str, ...] = ("first", "best-iou")
-MaskBlend = Literal["fork", "probability"]
-MASK_BLENDS: tuple[str, ...] = ("fork", "probability")
 
 # The fork's constants.
 MAX_PROMPT_SIDE = 384  # images are shrunk to this before EfficientSAM (which resizes them again to its own size)

@@ -1,0 +1,342 @@
+"""The per-pair commands: `heatmap`, `segment`, `vqa` and `score`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from fusioncam.cli import options
+from fusioncam.cli.common import check_device, check_out_dir, loading, print_table, usage_error, warn
+from fusioncam.cli.loaders import check_block, load_matcher, refiner_for
+from fusioncam.cli.run import (
+    Outcome,
+    decode_images,
+    finish,
+    heatmap_results,
+    pair_inputs,
+    refined_results,
+    run_batches,
+    safely,
+)
+
+if TYPE_CHECKING:
+    from fusioncam.batch import Pair
+
+
+def _warn_truncated(pair: Pair, truncated: bool) -> None:
+    if truncated:
+        warn(f"{pair.origin}: text longer than the model reads, truncated: {pair.text!r}")
+
+
+def heatmap(
+    image: options.ImageArgument = None,
+    text: Annotated[
+        list[str] | None, typer.Argument(help="Text(s) to explain over the image(s).", show_default=False)
+    ] = None,
+    pairs: options.Pairs = None,
+    recursive: options.Recursive = False,
+    model: options.Model = "blip-itm-base",
+    block: options.Block = 6,
+    encoder: options.Encoder = "blip",
+    fusion: options.Fusion = None,
+    sam_model: options.SamModel = "vitt",
+    points: options.Points = 5,
+    sam_labels: options.SamLabels = "fork",
+    sam_mask: options.SamMask = "first",
+    sam_blend: options.SamBlend = "fork",
+    save_mask: Annotated[
+        bool, typer.Option("--save-mask/--no-save-mask", help="With --encoder esam: the SAM mask as PNG.")
+    ] = False,
+    out: options.Out = Path("fusioncam-out"),
+    per_word: Annotated[
+        bool, typer.Option("--per-word/--no-per-word", help="Also a map per word, and a contact sheet of them all.")
+    ] = False,
+    alpha: options.Alpha = 0.5,
+    colormap: options.Colormap = "jet",
+    device: options.Device = "auto",
+    batch_size: options.BatchSize = 8,
+    jsonl: options.Jsonl = False,
+    quiet: options.Quiet = False,
+) -> None:
+    """Grad-CAM heatmap of TEXT over IMAGE: overlay PNG, raw .npy map and a JSON record per pair.
+
+    Examples:
+
+      fusioncam heatmap dog.jpg "a dog running"
+
+      fusioncam heatmap photos/ "a red car" --recursive --out maps/
+
+      fusioncam heatmap dog.jpg "the dog" --encoder esam --save-mask
+
+      jq -c '{image, text: .caption}' captions.jsonl | fusioncam heatmap - --jsonl
+    """
+    from fusioncam.batch import write_heatmap
+
+    if save_mask and encoder != "esam":
+        raise usage_error("--save-mask needs --encoder esam (the mask comes from EfficientSAM)")
+    inputs, total = pair_inputs(image, text or [], pairs, recursive)
+    check_out_dir(out)
+    matcher = load_matcher(model, device, encoder, fusion, sam_model)
+    check_block(matcher, block)
+    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend)
+
+    def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
+        if refiner is None:
+            results = (
+                (pair, image, result, None) for pair, image, result in heatmap_results(matcher, batch, block, per_word)
+            )
+        else:
+            results = refined_results(matcher, refiner, batch, block, per_word)
+        for pair, picture, result, refined in results:
+            if picture is None or isinstance(result, str):
+                yield pair, result
+                continue
+            _warn_truncated(pair, result.truncated)
+            yield safely(
+                pair, write_heatmap, out, pair, picture, result, matcher.name, alpha, colormap,
+                refined=refined, save_mask=save_mask,
+            )  # fmt: skip
+
+    records, failures = run_batches(inputs, total, batch_size, "heatmaps", jsonl, quiet, process)
+    if not jsonl and records:
+        print_table(
+            ["image", "text", "ITM", "ITC", "peak (x, y)", "overlay"],
+            [
+                [r["image"], r["text"], f"{r['itm_score']:.3f}", f"{r['itc_score']:.3f}",
+                 f"{r['peak']['x']}, {r['peak']['y']}", r["outputs"]["overlay"]]
+                for r in records
+            ],
+        )  # fmt: skip
+    finish(records, failures, "heatmap(s)", out)
+
+
+def segment(
+    image: options.ImageArgument = None,
+    text: Annotated[
+        list[str] | None, typer.Argument(help="Text(s) naming the object to cut out.", show_default=False)
+    ] = None,
+    pairs: options.Pairs = None,
+    recursive: options.Recursive = False,
+    model: options.Model = "blip-itm-base",
+    block: options.Block = 6,
+    sam_model: options.SamModel = "vitt",
+    points: options.Points = 5,
+    sam_labels: options.SamLabels = "fork",
+    sam_mask: options.SamMask = "first",
+    out: options.Out = Path("fusioncam-out"),
+    device: options.Device = "auto",
+    batch_size: options.BatchSize = 8,
+    jsonl: options.Jsonl = False,
+    quiet: options.Quiet = False,
+) -> None:
+    """Text-prompted object mask: BLIP heatmap of TEXT → peaks → EfficientSAM mask of the object.
+
+    Writes per pair the mask (PNG, 0/255, image resolution), the object cut out (RGBA PNG), the mask over the
+    image with the prompt points, and a JSON record (prompt points, mask IoU estimate, area, box).
+
+    Example: fusioncam segment dogs.jpg "the stick" --out masks/
+    """
+    from fusioncam.batch import write_segment
+
+    inputs, total = pair_inputs(image, text or [], pairs, recursive)
+    check_out_dir(out)
+    matcher = load_matcher(model, device)
+    check_block(matcher, block)
+    refiner = refiner_for("esam", sam_model, device, points, sam_labels, sam_mask)
+    assert refiner is not None
+
+    def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
+        for pair, picture, result, refined in refined_results(matcher, refiner, batch, block, per_word=False):
+            if picture is None or isinstance(result, str) or refined is None:
+                yield pair, str(result)
+                continue
+            _warn_truncated(pair, result.truncated)
+            yield safely(pair, write_segment, out, pair, picture, result, refined, matcher.name)
+
+    records, failures = run_batches(inputs, total, batch_size, "masks", jsonl, quiet, process)
+    if not jsonl and records:
+        print_table(
+            ["image", "text", "ITM", "mask area", "SAM IoU", "mask"],
+            [
+                [r["image"], r["text"], f"{r['itm_score']:.3f}", f"{r['sam']['mask_area']:.1%}",
+                 f"{r['sam']['mask_iou']:.3f}", r["outputs"]["mask"]]
+                for r in records
+            ],
+        )  # fmt: skip
+    finish(records, failures, "mask(s)", out)
+
+
+def vqa(
+    image: options.ImageArgument = None,
+    question: Annotated[
+        list[str] | None,
+        typer.Argument(help="Question(s) asked of the image (or of every image of a folder).", show_default=False),
+    ] = None,
+    pairs: options.QuestionPairs = None,
+    recursive: options.Recursive = False,
+    model: Annotated[str, typer.Option("--model", "-m", help="BLIP ITM preset whose heatmap picks patches.")] = (
+        "blip-itm-large"
+    ),
+    caption_model: Annotated[str, typer.Option(help="BLIP caption preset.")] = "blip-caption-large",
+    qa_model: Annotated[str, typer.Option(help="UnifiedQA preset (base, large, 3b).")] = "unifiedqa-v2-t5-base",
+    encoder: options.Encoder = "blip",
+    fusion: options.Fusion = None,
+    sam_model: options.SamModel = "vitt",
+    points: options.Points = 5,
+    sam_labels: options.SamLabels = "fork",
+    sam_mask: options.SamMask = "first",
+    sam_blend: options.SamBlend = "fork",
+    block: Annotated[int, typer.Option(min=0, help="ITM block of the question heatmap (PNP-VQA: 7).")] = 7,
+    num_captions: Annotated[int, typer.Option(min=1, help="Distinct captions per question.")] = 100,
+    num_patches: Annotated[int, typer.Option(min=1, help="Patches sampled for each caption.")] = 20,
+    captions_per_passage: Annotated[int, typer.Option(min=1, help="Captions per FiD passage.")] = 1,
+    caption_min_length: Annotated[int, typer.Option(min=1, help="Shortest caption, prompt included.")] = 10,
+    caption_max_length: Annotated[int, typer.Option(min=2, help="Longest caption, prompt included.")] = 20,
+    top_k: Annotated[int, typer.Option(min=0, help="Caption sampling: top-k (0 = off).")] = 50,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Caption sampling: nucleus mass.")] = 1.0,
+    repetition_penalty: Annotated[float, typer.Option(min=1.0, help="Caption sampling: repetition penalty.")] = 1.0,
+    answer_beams: Annotated[int, typer.Option(min=1, help="Beams for the answer (1 = greedy).")] = 1,
+    explain: Annotated[
+        bool, typer.Option("--explain/--no-explain", help="Measure each caption's contribution; draw the answer map.")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Seed of patch and caption sampling (same seed, same answer).")] = 0,
+    out: options.Out = Path("fusioncam-out"),
+    alpha: options.Alpha = 0.5,
+    colormap: options.Colormap = "jet",
+    device: options.Device = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Questions answered together.")] = 4,
+    jsonl: options.Jsonl = False,
+    quiet: options.Quiet = False,
+) -> None:
+    """Answer QUESTION about IMAGE the PNP-VQA way, and show where the answer came from.
+
+    The question's heatmap picks the patches each caption is decoded from; UnifiedQA reads the captions
+    (Fusion-in-Decoder) and answers. Per question it writes the heatmap and the answer map (each caption's
+    contribution to the answer, spread over the patches it came from) as overlays and raw maps, and a JSON
+    record with the captions, their contributions and the time per stage.
+
+    Examples:
+
+      fusioncam vqa dogs.jpg "what are the dogs carrying?" "how many dogs are there?"
+
+      fusioncam vqa - --jsonl < questions.jsonl     # {"image": ..., "question": ...} per line
+    """
+    import torch
+
+    from fusioncam.api import load_captioner, load_qa
+    from fusioncam.batch import write_vqa
+    from fusioncam.vqa import PNPVQA, VQAConfig
+
+    if caption_min_length > caption_max_length:
+        raise usage_error("--caption-min-length exceeds --caption-max-length")
+    inputs, total = pair_inputs(image, question or [], pairs, recursive, text_key="question")
+    check_out_dir(out)
+    matcher = load_matcher(model, device, encoder, fusion, sam_model)
+    check_block(matcher, block)
+    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend)
+    captioner = loading(caption_model, load_captioner, caption_model, device=device)
+    answerer = loading(qa_model, load_qa, qa_model, device=device)
+    grid = matcher.model.vision_encoder.grid_size
+    config = VQAConfig(
+        block=block,
+        num_captions=num_captions,
+        num_patches=min(num_patches, grid[0] * grid[1]),
+        caption_min_length=caption_min_length,
+        caption_max_length=caption_max_length,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        captions_per_passage=captions_per_passage,
+        answer_beams=answer_beams,
+        explain=explain,
+    )
+    pipeline = PNPVQA(matcher, captioner, answerer, config, refiner)
+    models = {"itm": matcher.name, "caption": captioner.name, "qa": answerer.name, "encoder": encoder}
+    generator = torch.Generator().manual_seed(seed)
+
+    def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
+        images, reasons = decode_images(batch)
+        runnable = [pair for pair in batch if pair.image not in reasons]
+        for pair in batch:
+            if pair.image in reasons:
+                yield pair, reasons[pair.image]
+        if not runnable:
+            return
+        results = pipeline.answer(
+            [images[pair.image] for pair in runnable],
+            [pair.text for pair in runnable],
+            generator,
+            keys=[pair.image for pair in runnable],
+        )
+        for pair, result in zip(runnable, results, strict=True):
+            yield safely(pair, write_vqa, out, pair, images[pair.image], result, models, alpha, colormap)
+
+    records, failures = run_batches(inputs, total, batch_size, "questions", jsonl, quiet, process)
+    if not jsonl and records:
+        print_table(
+            ["image", "question", "answer", "answer map"],
+            [[r["image"], r["question"], r["answer"], r["outputs"].get("answer_overlay", "")] for r in records],
+        )
+    finish(records, failures, "answer(s)", out)
+
+
+def score(
+    image: options.ImageArgument = None,
+    texts: Annotated[
+        list[str] | None, typer.Argument(help="One or more texts to score against the image(s).", show_default=False)
+    ] = None,
+    pairs: options.Pairs = None,
+    recursive: options.Recursive = False,
+    model: options.Model = "blip-itm-base",
+    device: options.Device = "auto",
+    batch_size: options.BatchSize = 32,
+    jsonl: options.Jsonl = False,
+    quiet: options.Quiet = False,
+) -> None:
+    """ITM match probability and ITC similarity of each TEXT with IMAGE (a file, a folder, or JSONL on stdin).
+
+    Examples:
+
+      fusioncam score dog.jpg "a dog" "a cat" "a dog on a beach"
+
+      fusioncam score photos/ "a red car" --recursive --jsonl
+    """
+    inputs, total = pair_inputs(image, texts or [], pairs, recursive)
+    check_device(device)
+    matcher = load_matcher(model, device)
+
+    def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
+        from fusioncam.batch import score_record
+        from fusioncam.text import clean_caption
+
+        images, reasons = decode_images(batch)
+        runnable = []
+        for pair in batch:
+            if pair.image in reasons:
+                yield pair, reasons[pair.image]
+            elif not clean_caption(pair.text):
+                yield pair, "the text is empty after cleaning: give at least one word"
+            else:
+                runnable.append(pair)
+        if not runnable:
+            return
+        order = list(dict.fromkeys(pair.image for pair in runnable))
+        embeds = matcher.embed_images([images[path] for path in order])
+        index = [order.index(pair.image) for pair in runnable]
+        scores = matcher.scores(embeds[index], [pair.text for pair in runnable])
+        for pair, result in zip(runnable, scores, strict=True):
+            _warn_truncated(pair, result.truncated)
+            yield pair, score_record(pair, result, matcher.name)
+
+    records, failures = run_batches(inputs, total, batch_size, "pairs", jsonl, quiet, process)
+    if not jsonl and records:
+        ranked = sorted(records, key=lambda r: (r["image"], -r["itm_score"]))
+        print_table(
+            ["image", "text", "ITM match", "ITC similarity"],
+            [[r["image"], r["text"], f"{r['itm_score']:.4f}", f"{r['itc_score']:.4f}"] for r in ranked],
+            title=matcher.name,
+        )
+    finish(records, failures, "pair(s) scored", None)

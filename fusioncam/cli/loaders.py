@@ -1,0 +1,50 @@
+"""Loading the models a command needs from its options, with the checks that belong to those options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fusioncam.cli.common import check_device, loading, usage_error
+
+if TYPE_CHECKING:
+    from fusioncam.api import BlipMatcher, SamRefiner
+
+
+def sam_preset_name(sam: str) -> str:
+    """`vitt`/`vits` name the official presets; anything else is a preset name or file."""
+    return f"efficient-sam-{sam}" if sam in ("vitt", "vits") else sam
+
+
+def load_matcher(
+    model: str, device: str, encoder: str = "blip", fusion: Path | None = None, sam: str = "vitt"
+) -> BlipMatcher:
+    """The BLIP matcher of an encoder mode (fused: with its trained fusion) and, for `esam`, EfficientSAM."""
+    from fusioncam.api import load
+
+    if encoder == "fused" and fusion is None:
+        raise usage_error(
+            "--encoder fused needs --fusion PATH (weights from `fusioncam train --what fusion`): an untrained fusion "
+            "is exactly plain BLIP, use --encoder blip for that"
+        )
+    if encoder != "fused" and fusion is not None:
+        raise usage_error("--fusion is only used with --encoder fused")
+    check_device(device)
+    return loading(model, load, model, device=device, fusion=fusion, sam=sam_preset_name(sam))
+
+
+def check_block(matcher: BlipMatcher, block: int, option: str = "--block") -> None:
+    if not 0 <= block < matcher.num_blocks:
+        raise usage_error(f"{option} must be in 0..{matcher.num_blocks - 1} for {matcher.name}, got {block}")
+
+
+def refiner_for(
+    encoder: str, sam: str, device: str, points: int, sam_labels: str, sam_mask: str, sam_blend: str = "fork"
+) -> SamRefiner | None:
+    """The EfficientSAM refiner of `--encoder esam` (None for the other encoders)."""
+    from fusioncam.api import SamRefiner, load_sam
+
+    if encoder != "esam":
+        return None
+    model = loading(sam, load_sam, sam_preset_name(sam), device=device)
+    return SamRefiner(model, num_points=points, labels=sam_labels, mask_choice=sam_mask, blend=sam_blend)
