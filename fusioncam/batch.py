@@ -1,16 +1,18 @@
 """Inputs and outputs of batch runs: which (image, text) pairs to process and where their results go.
 
-Pairs come from one image file, a folder of images (optionally recursive), or JSONL records
-`{"image": ..., "text": ...}` from a file or stdin. Bad records do not stop a run: they become `Failure`s,
-reported with their reason while every other pair is processed.
+Pairs come from one image file, a folder of images (optionally recursive), an image URL, the bytes of one image on
+stdin, or JSONL records `{"image": ..., "text": ...}` from a file or stdin (an image there may be a URL too). Bad
+records do not stop a run: they become `Failure`s, reported with their reason while every other pair is processed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import unicodedata
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -21,7 +23,8 @@ import numpy as np
 
 from fusioncam.api import Heatmap, Score
 from fusioncam.explain.refine import Refined
-from fusioncam.explain.render import contact_sheet, cutout, mask_overlay, overlay, peak_location, save_png
+from fusioncam.explain.render import captioned, contact_sheet, cutout, mask_overlay, overlay, peak_location, save_png
+from fusioncam.images import STDIN, is_url
 from fusioncam.vqa import VQAResult
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"})
@@ -35,7 +38,7 @@ class Pair:
     into its result record so that results can be joined back to their inputs.
     """
 
-    image: Path
+    image: Path | str  # a file, or a URL, or STDIN (one image's bytes on standard input)
     text: str
     origin: str  # where it came from, for messages: a path, or "stdin:3"
     stem: Path  # output path stem relative to --out, without suffixes
@@ -50,6 +53,14 @@ class Failure:
     reason: str
     image: str | None = None
     text: str | None = None
+
+
+def image_label(image: Path | str) -> str:
+    """How a record names its image, the same whatever the input source: a file's absolute path, a URL as given,
+    or "stdin"."""
+    if image == STDIN:
+        return "stdin"
+    return image if is_url(image) else os.path.abspath(image)
 
 
 _NOT_A_LETTER = re.compile(r"[\W_]+")  # keeps letters and digits of every script
@@ -101,6 +112,17 @@ def folder_images(folder: Path, recursive: bool) -> list[Path]:
     )
 
 
+def _url_name(url: str) -> str:
+    return Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name or "image"
+
+
+def pairs_from_source(source: str, texts: list[str]) -> Iterator[Pair]:
+    """Every text against an image that is not a file: a URL, or STDIN."""
+    name = "stdin" if source == STDIN else _url_name(source)
+    for text in texts:
+        yield Pair(source, text, source if source != STDIN else "stdin", Path(f"{_image_part(name)}__{slug(text)}"))
+
+
 def pairs_from_path(image: Path, texts: list[str], recursive: bool = False) -> Iterator[Pair]:
     """Every text against one image, or against every image of a folder."""
     if image.is_dir():
@@ -133,9 +155,10 @@ def pairs_from_jsonl(lines: Iterable[str], name: str, base: Path, text_key: str 
         if not isinstance(text, str) or not text.strip():
             yield Failure(origin, f'missing "{text_key}" (a non-empty string)', image=image)
             continue
-        path = Path(image) if Path(image).is_absolute() else base / image
+        source: Path | str = image if is_url(image) else Path(image) if Path(image).is_absolute() else base / image
+        file_name = _url_name(image) if is_url(image) else Path(image).name
         extra = {key: value for key, value in record.items() if key not in ("image", text_key)}
-        yield Pair(path, text, origin, Path(f"{number:06d}-{_image_part(path.name)}__{slug(text)}"), extra)
+        yield Pair(source, text, origin, Path(f"{number:06d}-{_image_part(file_name)}__{slug(text)}"), extra)
 
 
 def read_jsonl(stream: TextIO, name: str, base: Path, text_key: str = "text") -> Iterator[Pair | Failure]:
@@ -158,6 +181,7 @@ def _paths(out_dir: Path, pair: Pair, *kinds: str) -> dict[str, Path]:
     base = out_dir / pair.stem
     base.parent.mkdir(parents=True, exist_ok=True)
     suffixes = {"overlay": ".overlay.png", "heatmap": ".heatmap.npy", "json": ".json", "words": ".words.png"}
+    suffixes |= {"word_maps": ".words.npy"}
     suffixes |= {"mask": ".mask.png", "cutout": ".cutout.png", "segment": ".segment.png"}
     suffixes |= {"answer_overlay": ".answer.png", "answer_map": ".answer.npy"}
     return {kind: base.with_name(base.name + suffixes[kind]) for kind in kinds}
@@ -171,7 +195,7 @@ def _source(pair: Pair) -> dict:
 def _record(pair: Pair, image: np.ndarray, result: Heatmap, model: str) -> dict:
     height, width = image.shape[:2]
     return {
-        "image": str(pair.image),
+        "image": image_label(pair.image),
         "text": pair.text,
         "cleaned_text": result.text,
         "truncated": result.truncated,
@@ -186,7 +210,7 @@ def _record(pair: Pair, image: np.ndarray, result: Heatmap, model: str) -> dict:
 def score_record(pair: Pair, result: Score, model: str) -> dict:
     """The record of `fusioncam score` (no files: scores only)."""
     return {
-        "image": str(pair.image),
+        "image": image_label(pair.image),
         "text": pair.text,
         "cleaned_text": result.text,
         "truncated": result.truncated,
@@ -200,13 +224,17 @@ def _sam_record(refined: Refined) -> dict:
     return {
         "points": [_pixel(point) for point in refined.points.round().int().tolist()],
         "weights": [round(float(weight), 6) for weight in refined.weights],
+        "labels": [round(float(label), 6) for label in refined.labels],
         "mask_iou": float(refined.iou),
         "mask_area": float(refined.area),
     }
 
 
-def _finish(record: dict, paths: dict[str, Path]) -> dict:
+def _finish(record: dict, paths: dict[str, Path], run: dict | None) -> dict:
+    """The record with its output paths and the run's provenance (`run`: version, device, weights …), as JSON."""
     record["outputs"] = {key: str(path) for key, path in paths.items()}
+    if run:
+        record["run"] = run
     paths["json"].write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return record
 
@@ -221,13 +249,16 @@ def write_heatmap(
     colormap: str = "jet",
     refined: Refined | None = None,
     save_mask: bool = False,
+    run: dict | None = None,
 ) -> dict:
-    """Overlay PNG at the image's resolution, raw map `.npy`, per-word sheet, JSON; returns the record.
+    """Overlay PNG at the image's resolution, raw map `.npy`, per-word sheet and maps, JSON; returns the record.
 
     With `refined` (encoder `esam`) the map is the SAM-refined one and the record gains the prompt points (image
     pixels), their weights, the chosen mask's predicted IoU and area; `save_mask` writes that mask as a PNG.
+    The per-word sheet shows BLIP's own maps on one colour scale (a refined map is on another scale, [0, 1]),
+    and says so when the overlay is the refined one.
     """
-    kinds = ["overlay", "heatmap", "json"] + (["words"] if result.word_maps else [])
+    kinds = ["overlay", "heatmap", "json"] + (["words", "word_maps"] if result.word_maps else [])
     paths = _paths(out_dir, pair, *kinds, *(["mask"] if refined is not None and save_mask else []))
     heatmap = result.heatmap if refined is None else refined.heatmap.numpy()
     height, width = image.shape[:2]
@@ -241,8 +272,10 @@ def write_heatmap(
         if save_mask:
             save_png(paths["mask"], refined.mask.numpy().astype(np.uint8) * 255)
     if result.word_maps:
-        sheet = contact_sheet(image, [("sentence", heatmap), *result.word_maps], alpha=alpha, colormap=colormap)
-        save_png(paths["words"], sheet)
+        title = None if refined is None else "BLIP Grad-CAM maps; the SAM-refined sentence map is the .overlay.png"
+        maps = [("sentence", result.heatmap), *result.word_maps]
+        save_png(paths["words"], contact_sheet(image, maps, alpha=alpha, colormap=colormap, title=title))
+        np.save(paths["word_maps"], np.stack([word_map for _, word_map in result.word_maps]).astype(np.float32))
         record["words"] = [
             {
                 "word": word,
@@ -252,16 +285,20 @@ def write_heatmap(
             }
             for word, word_map in result.word_maps
         ]
-    return _finish(record, paths)
+    return _finish(record, paths, run)
 
 
-def write_segment(out_dir: Path, pair: Pair, image: np.ndarray, result: Heatmap, refined: Refined, model: str) -> dict:
-    """Mask PNG (0/255) at the image's resolution, the object cut out (RGBA), the mask over the image, JSON."""
+def write_segment(
+    out_dir: Path, pair: Pair, image: np.ndarray, result: Heatmap, refined: Refined, model: str, run: dict | None = None
+) -> dict:
+    """Mask PNG (0/255) at the image's resolution, the object cut out (RGBA), the mask over the image with the
+    prompt points SAM was given (foreground clicks and the rest drawn apart), JSON."""
     paths = _paths(out_dir, pair, "mask", "cutout", "segment", "json")
     mask = refined.mask.numpy()
     save_png(paths["mask"], mask.astype(np.uint8) * 255)
     save_png(paths["cutout"], cutout(image, mask))
-    save_png(paths["segment"], mask_overlay(image, mask))
+    marked = mask_overlay(image, mask, points=refined.points.numpy(), point_labels=refined.labels.numpy())
+    save_png(paths["segment"], marked)
     record = _record(pair, image, result, model) | {"sam": _sam_record(refined)}
     rows, cols = np.nonzero(mask)
     record["box"] = (
@@ -269,7 +306,7 @@ def write_segment(out_dir: Path, pair: Pair, image: np.ndarray, result: Heatmap,
         if len(rows)
         else None
     )
-    return _finish(record, paths)
+    return _finish(record, paths, run)
 
 
 def write_vqa(
@@ -280,15 +317,19 @@ def write_vqa(
     models: dict[str, str],
     alpha: float = 0.5,
     colormap: str = "jet",
+    run: dict | None = None,
 ) -> dict:
-    """Question heatmap and answer map (overlays and raw maps), captions with their contributions, JSON."""
+    """Question heatmap and answer map (overlays and raw maps), captions with their contributions, JSON.
+
+    The answer map's picture carries the question and the answer, so that it can be shared on its own.
+    """
     kinds = ["overlay", "heatmap", "json"] + (["answer_overlay", "answer_map"] if result.answer_map is not None else [])
     paths = _paths(out_dir, pair, *kinds)
     save_png(paths["overlay"], overlay(image, result.heatmap, alpha=alpha, colormap=colormap))
     np.save(paths["heatmap"], result.heatmap.astype(np.float32))
     height, width = image.shape[:2]
     record = {
-        "image": str(pair.image),
+        "image": image_label(pair.image),
         "question": pair.text,
         "answer": result.answer,
         "models": models,
@@ -301,7 +342,8 @@ def write_vqa(
         "seconds": {stage: round(value, 4) for stage, value in result.seconds.items()},
     } | _source(pair)
     if result.answer_map is not None:
-        save_png(paths["answer_overlay"], overlay(image, result.answer_map, alpha=alpha, colormap=colormap))
+        answer = overlay(image, result.answer_map, alpha=alpha, colormap=colormap)
+        save_png(paths["answer_overlay"], captioned(answer, [f"Q: {pair.text}", f"A: {result.answer}"]))
         np.save(paths["answer_map"], result.answer_map.astype(np.float32))
         record["answer_peak"] = _pixel(peak_location(result.answer_map, (height, width)))
-    return _finish(record, paths)
+    return _finish(record, paths, run)

@@ -10,7 +10,11 @@ Preprocessing reproduces each model's own pipeline; see `ImageTransform`.
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +70,51 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     except OSError as e:
         raise ImageDecodeError(str(path), e.strerror or str(e)) from e
     return decode_image(data, name=str(path))
+
+
+STDIN = "-"  # an image source: the bytes of one image on standard input
+URL_SCHEMES = ("http://", "https://")
+URL_TIMEOUT = 30.0  # seconds without an answer before an image download is given up
+MAX_DOWNLOAD_BYTES = 256 * 2**20  # an image larger than this is not what the user meant to explain
+
+
+def is_url(source: str | os.PathLike) -> bool:
+    return isinstance(source, str) and source.startswith(URL_SCHEMES)
+
+
+def load_image_source(source: str | os.PathLike, timeout: float = URL_TIMEOUT) -> np.ndarray:
+    """Decode an image from a file path, an http(s) URL, or `-` (the bytes of one image on stdin).
+
+    A URL that cannot be fetched (offline, 404, too slow) is an `ImageDecodeError` naming it and the reason, as a
+    broken file is: one failed input, not a crashed run.
+    """
+    if source == STDIN:
+        return _stdin_image()
+    if is_url(source):
+        return decode_image(_download(str(source), timeout), name=str(source))
+    return load_image(source)
+
+
+@functools.cache
+def _stdin_image() -> np.ndarray:
+    """Standard input can be read once; every text asked of the image on it gets the same pixels."""
+    return decode_image(sys.stdin.buffer.read(), name="stdin")
+
+
+def _download(url: str, timeout: float) -> bytes:
+    request = urllib.request.Request(url, headers={"User-Agent": "fusioncam"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = response.read(MAX_DOWNLOAD_BYTES + 1)
+    except urllib.error.HTTPError as error:
+        raise ImageDecodeError(url, f"download failed: HTTP {error.code} {error.reason}") from None
+    except urllib.error.URLError as error:
+        raise ImageDecodeError(url, f"download failed (offline?): {error.reason}") from None
+    except (TimeoutError, OSError) as error:
+        raise ImageDecodeError(url, f"download failed: {error or 'timed out'} (timeout {timeout:g} s)") from None
+    if len(data) > MAX_DOWNLOAD_BYTES:
+        raise ImageDecodeError(url, f"larger than {MAX_DOWNLOAD_BYTES // 2**20} MB; download it and pass the file")
+    return data
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:

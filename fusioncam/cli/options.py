@@ -77,7 +77,11 @@ Recursive = Annotated[
 ]
 ImageArgument = Annotated[
     str | None,
-    typer.Argument(help="Image file, folder of images, or '-' for JSONL records on stdin.", show_default=False),
+    typer.Argument(
+        help="Image file, folder of images, http(s) URL, or '-': with a TEXT, one image's bytes on stdin "
+        "(cat x.jpg | fusioncam score - 'a dog'); without, JSONL records on stdin.",
+        show_default=False,
+    ),
 ]
 Alpha = Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity in the overlay.")]
 Colormap = Annotated[choices.Colormap, typer.Option(help="Colour map of the heatmaps.")]

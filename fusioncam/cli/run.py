@@ -39,7 +39,8 @@ def pair_inputs(
     Files and folders are listed up front, so that usage errors surface before a model loads; stdin is streamed,
     since a pipeline's upstream may still be writing.
     """
-    from fusioncam.batch import pairs_from_path, read_jsonl
+    from fusioncam.batch import pairs_from_path, pairs_from_source, read_jsonl
+    from fusioncam.images import STDIN, is_url
 
     if image == "":
         raise usage_error("the IMAGE argument is empty: give an image file, a folder, or '-' for stdin")
@@ -47,11 +48,10 @@ def pair_inputs(
         raise usage_error(f'give an IMAGE (file, folder or \'-\') or --pairs FILE of {{"image", "{text_key}"}}')
     if image is not None and pairs is not None:
         raise usage_error(f"give IMAGE or --pairs, not both (--pairs records name their own images and {text_key}s)")
-    if image == "-" and texts:
-        raise usage_error(f"with IMAGE '-' the {text_key}s come from the JSONL records on stdin; drop the argument")
-    if image not in (None, "-") and not Path(image).exists():
+    stdin_image = image == STDIN and bool(texts)  # `cat x.jpg | fusioncam score - "a dog"`
+    if image is not None and image != STDIN and not is_url(image) and not Path(image).exists():
         raise usage_error(f"no such image or folder: {image}")
-    if image not in (None, "-") and not texts:
+    if image not in (None, STDIN) and not texts:
         raise usage_error(f"give the {text_key.upper()} as well, e.g. fusioncam … photo.jpg 'a dog'")
     flags = [text for text in texts if text.strip().lower() in _FLAG_VALUES]
     if flags:
@@ -66,12 +66,14 @@ def pair_inputs(
         if pairs is not None:
             with pairs.open(encoding="utf-8") as stream:
                 yield from read_jsonl(stream, str(pairs), pairs.parent, text_key)
-        elif image == "-":
+        elif image == STDIN and not stdin_image:
             yield from read_jsonl(sys.stdin, "stdin", Path.cwd(), text_key)
+        elif image == STDIN or is_url(image):
+            yield from pairs_from_source(image, texts)
         elif image is not None:
             yield from pairs_from_path(Path(image), texts, recursive)
 
-    if image == "-":
+    if image == STDIN and not stdin_image:
         return generate(), None
     listed = list(generate())
     if not listed:
@@ -85,16 +87,16 @@ def _nothing_to_do(message: str) -> int:
     return 0
 
 
-def decode_images(batch: list[Pair]) -> tuple[dict[Path, np.ndarray], dict[Path, str]]:
+def decode_images(batch: list[Pair]) -> tuple[dict[Path | str, np.ndarray], dict[Path | str, str]]:
     """Each distinct image of a batch decoded once; failures as reasons."""
-    from fusioncam.images import ImageDecodeError, load_image
+    from fusioncam.images import ImageDecodeError, load_image_source
 
     images, reasons = {}, {}
-    for path in dict.fromkeys(pair.image for pair in batch):
+    for source in dict.fromkeys(pair.image for pair in batch):
         try:
-            images[path] = load_image(path)
+            images[source] = load_image_source(source)
         except ImageDecodeError as error:
-            reasons[path] = str(error)
+            reasons[source] = str(error)
     return images, reasons
 
 
@@ -107,7 +109,7 @@ def run_batches(
     process: Process,
 ) -> tuple[list[dict], list[Failure]]:  # fmt: skip
     """Feed batches of pairs to `process`, report each result (a JSONL line) or failure, keep going on errors."""
-    from fusioncam.batch import Failure, Pair, batched
+    from fusioncam.batch import Failure, Pair, batched, image_label
 
     records: list[dict] = []
     failures: list[Failure] = []
@@ -127,7 +129,7 @@ def run_batches(
                 if isinstance(outcome, Failure):
                     report_failure(outcome)
                 elif isinstance(outcome, str):
-                    report_failure(Failure(item.origin, outcome, str(item.image), item.text))
+                    report_failure(Failure(item.origin, outcome, image_label(item.image), item.text))
                 else:
                     records.append(outcome)
                     if jsonl:

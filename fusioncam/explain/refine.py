@@ -314,14 +314,16 @@ class Refined:
     `heatmap` [K?, h, w] float32 in [0, 1] (the blend); `mask` [K?, H, W] bool at the image's own resolution
     (the chosen mask's logits > 0, upscaled from the decoder's resolution to that size); `points` [K?, P, 2]
     float32, the prompt points (x, y) in the image's own pixels; `weights` [K?, P] the label weights (normalised
-    peak scores); `iou` [K?] SAM's predicted IoU of the chosen mask; `area` [K?] the fraction of the image the
-    mask covers.
+    peak scores); `labels` [K?, P] the labels SAM was given (the weights with the fork's labels, all 1 with
+    foreground labels: SAM takes only a label of exactly 1 as a click); `iou` [K?] SAM's predicted IoU of the
+    chosen mask; `area` [K?] the fraction of the image the mask covers.
     """
 
     heatmap: torch.Tensor
     mask: torch.Tensor
     points: torch.Tensor
     weights: torch.Tensor
+    labels: torch.Tensor
     iou: torch.Tensor
     area: torch.Tensor
 
@@ -428,6 +430,7 @@ def _refine_group(
                 mask=mask,
                 points=scale_points(pixels[position].double(), prompt_size, image.size).float(),
                 weights=prompts.label_weights[position],
+                labels=sam_labels[position],
                 iou=iou[position].float().cpu(),
                 area=mask.float().mean((-2, -1)),
             )
