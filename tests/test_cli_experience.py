@@ -233,3 +233,24 @@ def test_per_word_maps_are_saved_as_arrays(itm: list[str], dogs_jpg: Path, tmp_p
     maps = np.load(record["outputs"]["word_maps"])
     assert maps.shape == (3, 24, 24)
     assert [float(m.max()) for m in maps] == pytest.approx([word["max"] for word in record["words"]])
+
+
+def test_records_name_the_version_device_precision_and_weights(
+    presets: dict[str, Path], itm: list[str], dogs_jpg: Path, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from fusioncam.weights import get_preset, preset_paths
+
+    (record,) = jsonl(run("heatmap", dogs_jpg, "a dog", "--jsonl", "--out", tmp_path, *itm))
+    checkpoint = preset_paths(get_preset(presets["itm"]))["checkpoint"]
+    assert checkpoint is not None
+    assert record["run"] == {
+        "fusioncam": fusioncam.__version__,
+        "device": "cpu",
+        "precision": "fp32",
+        "weights": {
+            "itm": {"preset": str(presets["itm"]), "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
+        },
+    }
+    assert json.loads(Path(record["outputs"]["json"]).read_text())["run"] == record["run"]

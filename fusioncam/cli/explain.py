@@ -10,7 +10,7 @@ import typer
 
 from fusioncam.cli import options
 from fusioncam.cli.common import check_device, check_out_dir, loading, print_table, usage_error, warn
-from fusioncam.cli.loaders import check_block, load_matcher, refiner_for
+from fusioncam.cli.loaders import check_block, load_matcher, refiner_for, run_info, sam_preset_name
 from fusioncam.cli.run import (
     Outcome,
     decode_images,
@@ -82,6 +82,7 @@ def heatmap(
     matcher = load_matcher(model, device, encoder, fusion, sam_model)
     check_block(matcher, block)
     refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend)
+    run = run_info(matcher, fusion, itm=model, **({"sam": sam_preset_name(sam_model)} if encoder != "blip" else {}))
 
     def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
         if refiner is None:
@@ -97,7 +98,7 @@ def heatmap(
             _warn_truncated(pair, result.truncated)
             yield safely(
                 pair, write_heatmap, out, pair, picture, result, matcher.name, alpha, colormap,
-                refined=refined, save_mask=save_mask,
+                refined=refined, save_mask=save_mask, run=run,
             )  # fmt: skip
 
     records, failures = run_batches(inputs, total, batch_size, "heatmaps", jsonl, quiet, process)
@@ -147,6 +148,7 @@ def segment(
     check_block(matcher, block)
     refiner = refiner_for("esam", sam_model, device, points, sam_labels, sam_mask)
     assert refiner is not None
+    run = run_info(matcher, None, itm=model, sam=sam_preset_name(sam_model))
 
     def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
         for pair, picture, result, refined in refined_results(matcher, refiner, batch, block, per_word=False):
@@ -154,7 +156,7 @@ def segment(
                 yield pair, str(result)
                 continue
             _warn_truncated(pair, result.truncated)
-            yield safely(pair, write_segment, out, pair, picture, result, refined, matcher.name)
+            yield safely(pair, write_segment, out, pair, picture, result, refined, matcher.name, run)
 
     records, failures = run_batches(inputs, total, batch_size, "masks", jsonl, quiet, process)
     if not jsonl and records:
@@ -255,6 +257,8 @@ def vqa(
     )
     pipeline = PNPVQA(matcher, captioner, answerer, config, refiner)
     models = {"itm": matcher.name, "caption": captioner.name, "qa": answerer.name, "encoder": encoder}
+    sam = {"sam": sam_preset_name(sam_model)} if encoder != "blip" else {}
+    run = run_info(matcher, fusion, itm=model, caption=caption_model, qa=qa_model, **sam)
     generator = torch.Generator().manual_seed(seed)
 
     def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
@@ -272,7 +276,7 @@ def vqa(
             keys=[pair.image for pair in runnable],
         )
         for pair, result in zip(runnable, results, strict=True):
-            yield safely(pair, write_vqa, out, pair, images[pair.image], result, models, alpha, colormap)
+            yield safely(pair, write_vqa, out, pair, images[pair.image], result, models, alpha, colormap, run)
 
     records, failures = run_batches(inputs, total, batch_size, "questions", jsonl, quiet, process)
     if not jsonl and records:
@@ -307,6 +311,7 @@ def score(
     inputs, total = pair_inputs(image, texts or [], pairs, recursive)
     check_device(device)
     matcher = load_matcher(model, device)
+    run = run_info(matcher, None, itm=model)
 
     def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
         from fusioncam.batch import score_record
@@ -329,7 +334,7 @@ def score(
         scores = matcher.scores(embeds[index], [pair.text for pair in runnable])
         for pair, result in zip(runnable, scores, strict=True):
             _warn_truncated(pair, result.truncated)
-            yield pair, score_record(pair, result, matcher.name)
+            yield pair, score_record(pair, result, matcher.name) | {"run": run}
 
     records, failures = run_batches(inputs, total, batch_size, "pairs", jsonl, quiet, process)
     if not jsonl and records:

@@ -48,3 +48,22 @@ def refiner_for(
         return None
     model = loading(sam, load_sam, sam_preset_name(sam), device=device)
     return SamRefiner(model, num_points=points, labels=sam_labels, mask_choice=sam_mask, blend=sam_blend)
+
+
+def run_info(matcher: BlipMatcher, fusion: Path | None, **presets: str) -> dict:
+    """What produced a record: fusioncam's version, the device, the precision, and each model's preset and the
+    sha256 of its checkpoint (`presets`: role → preset name or file; `fusion`: trained fusion weights), so that a
+    result can be traced and redone."""
+    import hashlib
+
+    from fusioncam import __version__
+    from fusioncam import weights as weights_lib
+
+    dtype = next(matcher.model.parameters()).dtype
+    precision = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(dtype), str(dtype))
+    weights = {
+        role: {"preset": name, "sha256": weights_lib.file_digest(name, "checkpoint")} for role, name in presets.items()
+    }
+    if fusion is not None:
+        weights["fusion"] = {"path": str(fusion), "sha256": hashlib.sha256(fusion.read_bytes()).hexdigest()}
+    return {"fusioncam": __version__, "device": str(matcher.device), "precision": precision, "weights": weights}
