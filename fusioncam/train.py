@@ -26,7 +26,8 @@ Outputs in `out/`:
                            (and a fusion's gate) that step used, seconds (its wall time, data loading included)
     checkpoint-<k>.pt      state after k steps (every `checkpoint_every` steps and at the end); `resume` takes it
     model.safetensors      (itm) the trained BlipITM in fusioncam's own layout, with
-    preset.toml            (itm) a preset for it: `fusioncam heatmap --model out/preset.toml` works at once
+    <run>.toml             (itm) a preset for it, named after the run (`out`'s folder name: runs/itm → itm.toml,
+                           preset "itm"): `fusioncam heatmap --model runs/itm/itm.toml` works at once
     vocab.txt              (itm) a copy of the vocabulary it was trained with, so `out/` is self-contained
     fusion.safetensors     (fusion) the fusion's parameters, for `fusioncam.checkpoints.load_fusion`
 
@@ -968,7 +969,12 @@ def _write_model(writer: _Writer, config: TrainConfig, models: _Models) -> tuple
 
     writer.write("vocab.txt", copy_vocab)
     preset = to_toml(_itm_preset(config, models.matcher))
-    return weights, writer.write("preset.toml", lambda path: path.write_text(preset))
+    return weights, writer.write(f"{run_name(config.out)}.toml", lambda path: path.write_text(preset))
+
+
+def run_name(out: Path) -> str:
+    """A run's name, which its preset carries (a preset's name is its file's stem): the output folder's name."""
+    return out.resolve().name or "run"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -254,3 +254,12 @@ def test_records_name_the_version_device_precision_and_weights(
         },
     }
     assert json.loads(Path(record["outputs"]["json"]).read_text())["run"] == record["run"]
+
+
+def test_help_texts_keep_brackets_and_name_the_options() -> None:
+    pointing = run("eval", "pointing", "--help")
+    assert "[x0, y0, x1, y1]" in " ".join(pointing.stdout.split())  # not eaten as markup
+    vqa = run("vqa", "--help")
+    assert '{"image", "question"}' in " ".join(vqa.stdout.split())
+    train = run("train", "--what", "fusion", "--sam-model", "vitt", "--data", "x", "--out", "o", "--from-scratch")
+    assert train.exit_code == 2 and "--from-scratch" in train.stderr and "from_scratch" not in train.stderr

@@ -97,7 +97,7 @@ def test_itm_from_scratch_writes_a_preset_that_loads(
         "checkpoint-4.pt",
         "metrics.jsonl",
         "model.safetensors",
-        "preset.toml",
+        "run.toml",  # the preset, named after the run (its folder)
         "vocab.txt",
     ]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -106,7 +106,9 @@ def test_itm_from_scratch_writes_a_preset_that_loads(
     assert records[0]["temp"] == pytest.approx(0.07)
     assert records[-1] == result.last
 
-    matcher = fusioncam.load(str(out / "preset.toml"), device="cpu")  # strict: every key used, none missing
+    assert result.preset == out / "run.toml"
+    matcher = fusioncam.load(str(out / "run.toml"), device="cpu")  # strict: every key used, none missing
+    assert matcher.name == "run"
     saved = load_file(out / "model.safetensors")
     assert saved.keys() == matcher.model.state_dict().keys()
     assert all(torch.equal(value, saved[key]) for key, value in matcher.model.state_dict().items())
@@ -193,7 +195,7 @@ def test_torchrun_splits_the_data_gathers_itc_negatives_and_writes_from_rank_0(
     assert [record["step"] for record in records] == [0, 1]  # an append from rank 1 would double them
     assert records[0]["itc"] == pytest.approx(single.last["itc"], abs=1e-5, rel=0)
 
-    written = ["metrics.jsonl", "checkpoint-1.pt", "checkpoint-2.pt", "model.safetensors", "vocab.txt", "preset.toml"]
+    written = ["metrics.jsonl", "checkpoint-1.pt", "checkpoint-2.pt", "model.safetensors", "vocab.txt", "ddp.toml"]
     assert ranks[0]["wrote"] == written
     assert ranks[1]["wrote"] == []
     assert sorted(path.name for path in out.iterdir()) == sorted([*written, "rank-0.json", "rank-1.json"])

@@ -89,7 +89,7 @@ def eval_itm(
     """ITM accuracy: each true pair should score above 0.5, and a text of another image that was never said of
     this one below 0.5. Referring expressions make the cleanest negatives (every object of a scene has one).
 
-    Example: fusioncam eval itm --data scenes/referring.jsonl --model out/preset.toml
+    Example: fusioncam eval itm --data scenes/referring.jsonl --model runs/itm/itm.toml
     """
     from fusioncam.batch import Failure, pairs_from_jsonl
     from fusioncam.evaluate import itm_accuracy

@@ -96,7 +96,7 @@ def train(
 
       fusioncam train --what itm --data scenes/pairs.jsonl --model tiny.toml --from-scratch --out runs/itm
 
-      fusioncam train --what fusion --data scenes/pairs.jsonl --model runs/itm/preset.toml \\
+      fusioncam train --what fusion --data scenes/pairs.jsonl --model runs/itm/itm.toml \\
         --sam-model vitt --out runs/fusion
 
       torchrun --nproc-per-node 2 $(which fusioncam) train --what itm ...
