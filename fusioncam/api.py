@@ -34,7 +34,7 @@ from fusioncam.models.efficient_sam import EfficientSam, EfficientSamConfig
 from fusioncam.models.fusion import BlipFusionITM
 from fusioncam.models.t5_fid import FusionInDecoderQA
 from fusioncam.text import BlipTokenizer, clean_caption
-from fusioncam.weights import Preset, get_preset, resolve_file
+from fusioncam.weights import Preset, get_preset, require_files
 
 
 @dataclass
@@ -272,8 +272,8 @@ def load(
     """
     preset = get_preset(name)
     _expect_kind(preset, "blip-itm")
-    checkpoint = resolve_file(preset, "checkpoint", download=download)
-    vocab = resolve_file(preset, "vocab", download=download)
+    files = require_files(preset, ("checkpoint", "vocab"), download=download)
+    checkpoint, vocab = files["checkpoint"], files["vocab"]
     model = build_blip_itm(preset)
     load_blip_itm_weights(model, read_state_dict(checkpoint), preset.layout, str(checkpoint))
     model.float()  # half-precision checkpoints run in float32 like the reference
@@ -311,8 +311,8 @@ def load_captioner(name: str = "blip-caption-large", device: str = "auto", downl
     """Load a BLIP caption preset (LAVIS or Hugging Face layout)."""
     preset = get_preset(name)
     _expect_kind(preset, "blip-caption")
-    checkpoint = resolve_file(preset, "checkpoint", download=download)
-    vocab = resolve_file(preset, "vocab", download=download)
+    files = require_files(preset, ("checkpoint", "vocab"), download=download)
+    checkpoint, vocab = files["checkpoint"], files["vocab"]
     base = BlipCaptionConfig.preset(preset.architecture) if preset.architecture else BlipCaptionConfig()
     config = BlipCaptionConfig.from_dict(preset.config, base=base)
     with torch.device("meta"):
@@ -356,10 +356,8 @@ def load_qa(name: str = "unifiedqa-v2-t5-base", device: str = "auto", download: 
 
     preset = get_preset(name)
     _expect_kind(preset, "t5-qa")
-    checkpoint = resolve_file(preset, "checkpoint", download=download)
-    spiece = resolve_file(preset, "spiece", download=download)
-    for role in preset.files:  # tokenizer_config.json & co. must sit beside spiece.model
-        resolve_file(preset, role, download=download)
+    files = require_files(preset, download=download)  # tokenizer_config.json & co. must sit beside spiece.model
+    checkpoint, spiece = files["checkpoint"], files["spiece"]
     with torch.device("meta"):
         qa = FusionInDecoderQA.from_preset(preset.architecture or "base", **preset.config)
     load_t5_weights(qa.model, read_state_dict(checkpoint), str(checkpoint))
@@ -372,7 +370,7 @@ def load_sam(name: str = "efficient-sam-vitt", device: str = "auto", download: b
     """Load an EfficientSAM preset (`efficient-sam-vitt`, `efficient-sam-vits`, or a preset file)."""
     preset = get_preset(name)
     _expect_kind(preset, "efficient-sam")
-    checkpoint = resolve_file(preset, "checkpoint", download=download)
+    checkpoint = require_files(preset, ("checkpoint",), download=download)["checkpoint"]
     base = EfficientSamConfig.preset(preset.architecture) if preset.architecture else EfficientSamConfig()
     with torch.device("meta"):
         model = EfficientSam(EfficientSamConfig.from_dict(preset.config, base=base))

@@ -11,41 +11,36 @@ digests, and the preprocessing the weights were trained with. A file comes from 
 - `path`: a local file (fine-tuned checkpoints, air-gapped machines).
 
 Offline (`FUSIONCAM_OFFLINE=1`, `HF_HUB_OFFLINE=1`, or `download=False`) nothing touches the network: a missing
-file fails at once with an error that says which file to put where.
+file fails at once with an error that says which file to put where, and `require_files` names every missing file
+of a preset in one error. Looking files up (`preset_paths`, `verify`, `weights list`) reads the Hugging Face cache
+layout directly and never imports `huggingface_hub` (nor the HTTP, zip, lock and progress-bar modules): those are
+imported only when a file is actually fetched.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-import http.client
 import importlib.resources
+import json
 import os
 import re
 import shutil
 import sys
-import urllib.error
+import time
 import urllib.parse
-import urllib.request
-import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import platformdirs
-from filelock import FileLock, Timeout
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+
+if TYPE_CHECKING:
+    import http.client
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,6 +58,12 @@ _TIMEOUT_S = 30.0
 # A dropped connection is retried (resuming from what arrived) this many times in one call before giving up.
 _ATTEMPTS = 3
 _USER_AGENT = "fusioncam"
+# A file no bigger than this is hashed when a digest is asked for and none is known (~0.1 s); a bigger one only
+# when its preset declares a sha256 to check it against.
+_SMALL_FILE_BYTES = 64 << 20
+# Folder of cache_dir() holding the digests of local files (see `_local_sha256`); a preset name cannot start
+# with "_", so it never clashes with a preset's folder.
+_DIGESTS_FOLDER = "_digests"
 
 _PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -375,11 +376,50 @@ def cache_dir() -> Path:
     return Path(home).expanduser() if home else Path(platformdirs.user_cache_dir("fusioncam"))
 
 
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache, found the way huggingface_hub finds it but without importing it (~0.8 s).
+
+    `$HF_HUB_CACHE` (or the older `$HUGGINGFACE_HUB_CACHE`), else `$HF_HOME/hub`, else
+    `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`. Once huggingface_hub is imported, its
+    `constants.HF_HUB_CACHE` wins: it read the environment at its import, and this process downloads there.
+    """
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        return Path(constants.HF_HUB_CACHE)
+
+    def expand(value: str) -> str:
+        return os.path.expandvars(os.path.expanduser(value))
+
+    xdg_cache = os.getenv("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    home = expand(os.getenv("HF_HOME", os.path.join(xdg_cache, "huggingface")))
+    return Path(expand(os.getenv("HF_HUB_CACHE", os.getenv("HUGGINGFACE_HUB_CACHE", os.path.join(home, "hub")))))
+
+
+def _hub_snapshot(spec: FileSpec) -> Path | None:
+    """Where the HF cache keeps (or will keep) a hub file: `<hf_hub_cache>/models--ORG--NAME/snapshots/COMMIT/FILE`.
+
+    COMMIT is what `refs/<revision>` (default `main`) of the repo's cache folder holds — written by the first
+    download of that revision — or the revision itself when it is a commit id. None when neither: the revision
+    was never fetched here, and only the hub knows its commit. The lookup `huggingface_hub.try_to_load_from_cache`
+    does, read straight from the documented cache layout so that listing files does not import huggingface_hub.
+    """
+    assert spec.hf_repo is not None and spec.hf_filename is not None
+    revision = spec.revision or "main"
+    repo = hf_hub_cache() / f"models--{spec.hf_repo.replace('/', '--')}"
+    try:
+        commit = (repo / "refs" / revision).read_text(encoding="utf-8").strip()
+    except OSError:  # never fetched, or a commit id (which has no ref)
+        commit = revision if _GIT_SHA1.fullmatch(revision) else ""
+    return repo / "snapshots" / commit / spec.hf_filename if commit else None
+
+
 def resolve_file(preset: Preset | str, role: str, *, download: bool = True, progress: bool = True) -> Path:
     """The local path of one file of `preset`, downloading it first when it is missing and downloads are allowed.
 
     `progress` draws a bar on stderr for url downloads; Hugging Face downloads show huggingface_hub's own bars
-    (HF_HUB_DISABLE_PROGRESS_BARS=1 silences them).
+    (HF_HUB_DISABLE_PROGRESS_BARS=1 silences them). A local `path` file with a declared `sha256` is checked
+    against it (hashed once per version of the file, see `_local_sha256`). To get several files of a preset,
+    `require_files` reports every missing one at once.
     """
     preset = _as_preset(preset)
     spec = preset.file(role)
@@ -395,22 +435,97 @@ def resolve_file(preset: Preset | str, role: str, *, download: bool = True, prog
     return _extract_member(fetched, spec, _member_path(preset, spec)) if spec.member is not None else fetched
 
 
-def pull(preset: Preset | str, *, progress: bool = True) -> dict[str, Path]:
-    """Every file of `preset`, downloaded if needed: role → local path."""
+def require_files(
+    preset: Preset | str, roles: Collection[str] | None = None, *, download: bool = True, progress: bool = True
+) -> dict[str, Path]:
+    """Role → local path of each file of `roles` (default: every file of the preset), downloading what is missing.
+
+    Before anything is fetched, every file that cannot be — all missing files when downloads are off, missing
+    local `path` files always — is named in one `WeightsMissingError`, each with the place to put it or its
+    source: someone copying weights onto an air-gapped machine learns of all of them in one run, not one per run.
+    Loaders pass the roles they read, so a file they do not need is neither required nor downloaded.
+    """
     preset = _as_preset(preset)
-    return {role: resolve_file(preset, role, progress=progress) for role in preset.files}
+    wanted = [roles] if isinstance(roles, str) else list(preset.files if roles is None else roles)
+    specs = [preset.file(role) for role in wanted]
+    offline = _offline_reason(download)
+    unfetchable = [
+        spec for spec in specs if (offline is not None or spec.source_kind == "path") and not _is_here(preset, spec)
+    ]
+    if unfetchable:
+        raise _missing_error(preset, unfetchable, offline)
+    return {spec.role: resolve_file(preset, spec.role, download=download, progress=progress) for spec in specs}
+
+
+def pull(preset: Preset | str, *, progress: bool = True) -> dict[str, Path]:
+    """Every file of `preset`, downloaded if needed: role → local path (offline: every missing file in one error)."""
+    return require_files(preset, progress=progress)
 
 
 def preset_paths(preset: Preset | str) -> dict[str, Path | None]:
-    """Role → where the file is or will be put, without downloading.
+    """Role → where the file is or will be put, without downloading or importing huggingface_hub.
 
-    None marks a Hugging Face file not in the HF cache yet: huggingface_hub picks its place on download.
+    A Hugging Face file's place is its snapshot path in the HF cache (see `_hub_snapshot`); None only for a hub
+    file of a revision never fetched on this machine, whose commit — part of the path — the hub decides.
     """
     preset = _as_preset(preset)
-    paths: dict[str, Path | None] = {}
-    for role, spec in preset.files.items():
-        paths[role] = _member_path(preset, spec) if spec.member is not None else _fetched_path(preset, spec)
-    return paths
+    return {role: _place(preset, spec) for role, spec in preset.files.items()}
+
+
+def file_location(preset: Preset | str, role: str) -> str:
+    """Where a file is or will be, for people: its path, or `not downloaded (hf://ORG/NAME/FILE@REV)` for a hub
+    file whose place in the HF cache is not known before its first download."""
+    preset = _as_preset(preset)
+    spec = preset.file(role)
+    place = _place(preset, spec)
+    return str(place) if place is not None else f"not downloaded ({spec.origin})"
+
+
+def files_here(preset: Preset | str) -> dict[str, bool]:
+    """Role → whether the file is on disk (for a `member`: extracted, or its archive), without downloading."""
+    preset = _as_preset(preset)
+    return {role: _is_here(preset, spec) for role, spec in preset.files.items()}
+
+
+def preset_size(preset: Preset | str) -> int | None:
+    """Bytes of all the files of `preset`, or None when the size of one of them is not known.
+
+    Per file: the declared `size`, else its size on disk when it is here (for a `member`: the archive's, else the
+    extracted member's).
+    """
+    preset = _as_preset(preset)
+    total = 0
+    for spec in preset.files.values():
+        size: int | None = spec.size or _size_on_disk(_fetched_path(preset, spec))
+        if size is None and spec.member is not None:
+            size = _size_on_disk(_member_path(preset, spec))
+        if size is None:
+            return None
+        total += size
+    return total
+
+
+def file_digest(preset: Preset | str, role: str) -> str | None:
+    """The sha256 of one file of `preset` as fetched (for a `member`: of its archive), for run records.
+
+    Never downloads, and hashes only a small file (at most 64 MiB) whose digest is not known otherwise. In order:
+    the preset's declared `sha256` (downloads and local files are checked against it); the digest recorded at
+    download (url files); the hub's (an LFS file's blob name in the HF cache); one computed earlier (see
+    `_local_sha256`); one computed now for a small file. None when the file is not here and declares no digest,
+    or it is big and was never hashed.
+    """
+    preset = _as_preset(preset)
+    spec = preset.file(role)
+    if spec.sha256:
+        return spec.sha256
+    path = _fetched_path(preset, spec)
+    if path is None or not path.is_file():
+        return None
+    if spec.source_kind == "url" and (recorded := _read_record(_record_path(preset, spec))):
+        return recorded
+    if spec.source_kind == "hf" and _SHA256.fullmatch(blob := path.resolve().name):
+        return blob
+    return _local_sha256(path, compute=path.stat().st_size <= _SMALL_FILE_BYTES)
 
 
 def verify(preset: Preset | str) -> list[VerifyResult]:
@@ -418,7 +533,9 @@ def verify(preset: Preset | str) -> list[VerifyResult]:
 
     The expected digest is the preset's `sha256`; else, for url files, the one recorded at first download; else,
     for Hugging Face files, the hub's own (the blob name in the HF cache: sha256 for LFS files, git sha1 for small
-    ones). A member extracted from an archive is checked through its archive.
+    ones). A member extracted from an archive is checked through its archive. A missing file has status MISSING
+    and the `path` it is expected at (None: a hub file whose place is not known yet, see `preset_paths`). Files
+    are always hashed afresh here; the digest is remembered for loading (see `_local_sha256`).
     """
     preset = _as_preset(preset)
     return [_verify_file(preset, spec) for spec in preset.files.values()]
@@ -444,7 +561,7 @@ def _verify_file(preset: Preset, spec: FileSpec) -> VerifyResult:
             return VerifyResult(spec.role, status, path, blob, actual, "hub (git sha1)")
     if not expected:
         return VerifyResult(spec.role, VerifyStatus.UNRECORDED, path)
-    actual = _sha256_file(path)
+    actual = _hash_and_remember(path)
     status = VerifyStatus.OK if actual == expected else VerifyStatus.MISMATCH
     return VerifyResult(spec.role, status, path, expected, actual, digest_source)
 
@@ -461,10 +578,30 @@ def _offline_reason(download: bool) -> str | None:
 
 
 def _fetched_path(preset: Preset, spec: FileSpec) -> Path | None:
-    """Where the file as fetched (the archive, for a member) is or will be; None: a hub file not cached yet."""
+    """Where the file as fetched (the archive, for a member) is or will be; None: a hub file of a revision never
+    fetched here."""
     if spec.source_kind == "hf":
-        return _hub_cached(spec)
+        return _hub_snapshot(spec)
     return _cache_path(preset, spec) if spec.source_kind == "url" else spec.path
+
+
+def _place(preset: Preset, spec: FileSpec) -> Path | None:
+    """Where the model reads the file from: the extracted member, or the file as fetched."""
+    return _member_path(preset, spec) if spec.member is not None else _fetched_path(preset, spec)
+
+
+def _is_here(preset: Preset, spec: FileSpec) -> bool:
+    if spec.member is not None and _member_path(preset, spec).is_file():
+        return True
+    path = _fetched_path(preset, spec)
+    return path is not None and path.is_file()
+
+
+def _size_on_disk(path: Path | None) -> int | None:
+    try:
+        return path.stat().st_size if path is not None else None
+    except OSError:
+        return None
 
 
 def _cache_path(preset: Preset, spec: FileSpec) -> Path:
@@ -481,21 +618,62 @@ def _member_path(preset: Preset, spec: FileSpec) -> Path:
     return cache_dir() / preset.name / Path(spec.member).name
 
 
-def _local_copy_hint(preset: Preset, spec: FileSpec) -> str:
+def _local_copy_hint(preset: Preset, specs: list[FileSpec]) -> str:
+    tables = "".join(f'    [files.{spec.role}]\n    path = "/path/to/{spec.filename}"\n' for spec in specs)
     return (
-        f"or keep the file anywhere and use a preset file of your own, e.g. my-{preset.name}.toml:\n"
-        f'    extends = "{preset.name}"\n'
-        f"    [files.{spec.role}]\n"
-        f'    path = "/path/to/{spec.filename}"\n'
+        f"or keep the files anywhere and use a preset file of your own, e.g. my-{preset.name}.toml:\n"
+        f'    extends = "{preset.name}"\n{tables}'
         f"  then pass --model my-{preset.name}.toml"
     )
+
+
+def _where_to_put(preset: Preset, spec: FileSpec) -> str:
+    """One missing file: what it is and where it goes (or what to run to get it there)."""
+    if spec.source_kind == "path":
+        return f"{spec.role}: {spec.path} does not exist (declared in {preset.source})"
+    if spec.source_kind == "url":
+        member = f"\n      (or the extracted {spec.member} at {_member_path(preset, spec)})" if spec.member else ""
+        return f"{spec.role}: put {spec.filename} (from {spec.url}) at\n      {_cache_path(preset, spec)}{member}"
+    revision = f" --revision {spec.revision}" if spec.revision else ""
+    snapshot = _hub_snapshot(spec)
+    goes_to = f", it goes to\n      {snapshot}" if snapshot is not None else ""
+    return (
+        f"{spec.role}: {spec.origin} is not in the Hugging Face cache{goes_to}\n"
+        f"      get it with `hf download {spec.hf_repo} {spec.hf_filename}{revision}` on a machine with network "
+        f"and copy that machine's Hugging Face cache to {hf_hub_cache()} (or point HF_HOME at the copy)"
+    )
+
+
+def _missing_error(preset: Preset, specs: list[FileSpec], offline: str | None) -> WeightsMissingError:
+    """One error naming every file of `specs` (all of `preset`, none on disk) with where to put it."""
+    if len(specs) == 1 and specs[0].source_kind == "path":
+        spec = specs[0]
+        return WeightsMissingError(
+            f"{preset.name}: {spec.role} file {spec.path} does not exist (declared in {preset.source})"
+        )
+    what = f"{specs[0].role} is" if len(specs) == 1 else f"{len(specs)} files are"
+    reason = f" and downloads are off ({offline})" if offline is not None else ""
+    lines = "".join(f"\n  {_where_to_put(preset, spec)}" for spec in specs)
+    fetched = [spec for spec in specs if spec.source_kind != "path"]
+    hint = f"\n  {_local_copy_hint(preset, fetched)}" if fetched else ""
+    return WeightsMissingError(f"{preset.name}: {what} missing{reason}:{lines}{hint}")
 
 
 def _check_local(preset: Preset, spec: FileSpec) -> Path:
     assert spec.path is not None
     if not spec.path.is_file():
-        raise WeightsMissingError(
-            f"{preset.name}: {spec.role} file {spec.path} does not exist (declared in {preset.source})"
+        raise _missing_error(preset, [spec], None)
+    size = spec.path.stat().st_size
+    if spec.size and size != spec.size:
+        raise ChecksumError(
+            f"{preset.name}: {spec.role} file {spec.path} has {size} bytes, the preset ({preset.source}) "
+            f"declares {spec.size}: use the file the preset was written for, or fix its size"
+        )
+    if spec.sha256 and (actual := _local_sha256(spec.path)) != spec.sha256:
+        raise ChecksumError(
+            f"{preset.name}: {spec.role} file {spec.path} has sha256 {actual}, the preset ({preset.source}) "
+            f"expects {spec.sha256}: the file is corrupt or not the one the preset was written for; "
+            "use the right file, or fix the preset's sha256"
         )
     return spec.path
 
@@ -506,12 +684,7 @@ def _fetch_url(preset: Preset, spec: FileSpec, offline: str | None, progress: bo
     if target.is_file():
         return target
     if offline is not None:
-        member = f"\n  (or the extracted {spec.member} at {_member_path(preset, spec)})" if spec.member else ""
-        raise WeightsMissingError(
-            f"{preset.name}: {spec.role} is not in the fusioncam cache and downloads are off ({offline}).\n"
-            f"  Put {spec.filename} (from {spec.url}) at\n    {target}{member}\n"
-            f"  {_local_copy_hint(preset, spec)}"
-        )
+        raise _missing_error(preset, [spec], offline)
     with _exclusive(target):
         if target.is_file():  # another process finished it while we waited
             return target
@@ -528,31 +701,24 @@ def _fetch_url(preset: Preset, spec: FileSpec, offline: str | None, progress: bo
 
 
 def _fetch_hf(preset: Preset, spec: FileSpec, offline: str | None) -> Path:
-    # Imported here: presets without hub files (and `--help`) do not pay for importing huggingface_hub.
-    from huggingface_hub import constants, hf_hub_download
-
     assert spec.hf_repo is not None and spec.hf_filename is not None
-    try:
-        path = Path(
-            hf_hub_download(
-                spec.hf_repo, spec.hf_filename, revision=spec.revision, local_files_only=offline is not None
-            )
-        )
-    except OSError as error:  # huggingface_hub's HTTP and cache-miss errors are OSErrors
-        revision = f" --revision {spec.revision}" if spec.revision else ""
-        if offline is not None:
-            raise WeightsMissingError(
-                f"{preset.name}: {spec.role} ({spec.origin}) is not in the Hugging Face cache "
-                f"and downloads are off ({offline}).\n"
-                f"  On a machine with network run `hf download {spec.hf_repo} {spec.hf_filename}{revision}`, "
-                f"copy its Hugging Face cache to {constants.HF_HUB_CACHE} (or point HF_HOME at the copy),\n"
-                f"  {_local_copy_hint(preset, spec)}"
+    if offline is not None:
+        # What hf_hub_download(local_files_only=True) would find, without importing huggingface_hub.
+        path = _hub_snapshot(spec)
+        if path is None or not path.is_file():
+            raise _missing_error(preset, [spec], offline)
+    else:
+        # Imported here: presets without hub files, offline runs and `--help` do not pay for importing it.
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = Path(hf_hub_download(spec.hf_repo, spec.hf_filename, revision=spec.revision))
+        except OSError as error:  # huggingface_hub's HTTP and cache-miss errors are OSErrors
+            raise DownloadError(
+                f"{preset.name}: could not fetch {spec.origin}: {error}\n"
+                "  Check the network (or HF_ENDPOINT / HF_TOKEN for mirrors and gated repos); "
+                f"without network: {_local_copy_hint(preset, [spec])}"
             ) from error
-        raise DownloadError(
-            f"{preset.name}: could not fetch {spec.origin}: {error}\n"
-            "  Check the network (or HF_ENDPOINT / HF_TOKEN for mirrors and gated repos); "
-            f"without network: {_local_copy_hint(preset, spec)}"
-        ) from error
     blob = path.resolve().name
     if spec.sha256 and _SHA256.fullmatch(blob) and blob != spec.sha256:
         # The HF cache names LFS blobs by their sha256: a free check that the hub serves what the preset pins.
@@ -563,16 +729,79 @@ def _fetch_hf(preset: Preset, spec: FileSpec, offline: str | None) -> Path:
     return path
 
 
-def _hub_cached(spec: FileSpec) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
+# --- digests of local files -------------------------------------------------------------------------------------
 
-    assert spec.hf_repo is not None and spec.hf_filename is not None
-    cached = try_to_load_from_cache(spec.hf_repo, spec.hf_filename, revision=spec.revision)
-    return Path(cached) if isinstance(cached, str) else None
+_DigestKey = tuple[str, int, int, int, int]  # resolved path, size, mtime_ns, ctime_ns, inode
+_DIGEST_KEY_FIELDS = ("path", "size", "mtime_ns", "ctime_ns", "inode")
+# A digest is trusted only for a file last changed this long before it was hashed: a file rewritten within one
+# timestamp tick of its hashing would otherwise keep its stat and its stale digest (git's "racy clean" problem).
+_RACY_NS = 100_000_000
+_DIGEST_MEMO: dict[_DigestKey, tuple[str, int]] = {}  # key → (sha256, time.time_ns() when hashing began)
+
+
+def _local_sha256(path: Path, *, compute: bool = True) -> str | None:
+    """The sha256 of a file on disk, hashed once per version of the file rather than on every run.
+
+    Hashing a 1 GB checkpoint takes seconds and every CLI run is a new process, so a per-process cache alone
+    would hash it again on every run. The digest is therefore kept in a record under `cache_dir()/_digests/`: one
+    small JSON file per hashed file, named by a hash of its resolved path and replaced atomically (parallel runs
+    never read half a record), trusted while the file's size, mtime, ctime and inode are unchanged — the test
+    git's index uses to skip unchanged files. ctime cannot be set back by a program, so a file rewritten in place
+    with its mtime restored is hashed again; a file changed less than 0.1 s before it was hashed is hashed again
+    next time too (see `_RACY_NS`). A dict spares re-reading the record within a process. Where the cache folder
+    is read-only no record is kept and the file is hashed once per process. `verify` always hashes afresh and
+    refreshes the record. `compute=False`: only a digest already known, else None.
+    """
+    resolved = path.resolve()
+    key = _digest_key(resolved)
+    known = _DIGEST_MEMO.get(key)
+    if known is None:
+        try:
+            stored = json.loads(_digest_record(key[0]).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stored = None
+        if isinstance(stored, dict) and tuple(stored.get(field) for field in _DIGEST_KEY_FIELDS) == key:
+            digest, hashed_at = stored.get("sha256"), stored.get("hashed_at_ns")
+            if isinstance(digest, str) and _SHA256.fullmatch(digest) and isinstance(hashed_at, int):
+                known = _DIGEST_MEMO[key] = (digest, hashed_at)
+    if known is not None and max(key[2], key[3]) < known[1] - _RACY_NS:
+        return known[0]
+    return _hash_and_remember(resolved) if compute else None
+
+
+def _hash_and_remember(path: Path) -> str:
+    """Hash `path` now and remember the digest for `_local_sha256` (stat first, so a change while hashing shows)."""
+    resolved = path.resolve()
+    hashed_at = time.time_ns()
+    key = _digest_key(resolved)
+    digest = _sha256_file(resolved)
+    _DIGEST_MEMO[key] = (digest, hashed_at)
+    record = _digest_record(key[0])
+    temporary = record.with_name(f"{record.name}.{os.getpid()}.part")
+    fields = dict(zip(_DIGEST_KEY_FIELDS, key, strict=True))
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps({**fields, "sha256": digest, "hashed_at_ns": hashed_at}), encoding="utf-8")
+        os.replace(temporary, record)
+    except OSError:  # a read-only or full cache: the digest is still remembered for this process
+        temporary.unlink(missing_ok=True)
+    return digest
+
+
+def _digest_key(resolved: Path) -> _DigestKey:
+    stat = resolved.stat()
+    return (str(resolved), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+
+
+def _digest_record(resolved: str) -> Path:
+    name = hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return cache_dir() / _DIGESTS_FOLDER / f"{name}.json"
 
 
 def _extract_member(archive: Path, spec: FileSpec, target: Path) -> Path:
     """Unpack the member a preset asks for next to the cache, through a `.part` file so it appears whole."""
+    import zipfile
+
     assert spec.member is not None
     part = target.with_name(target.name + ".part")
     with _exclusive(target):
@@ -597,6 +826,8 @@ def _extract_member(archive: Path, spec: FileSpec, target: Path) -> Path:
 @contextmanager
 def _exclusive(target: Path) -> Iterator[None]:
     """Hold `<target>.lock`: parallel runs (batch shards) share one cache and must not write one file twice."""
+    from filelock import FileLock, Timeout
+
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(f"{target}.lock")
     try:
@@ -649,6 +880,9 @@ def _download(url: str, target: Path, *, sha256: str, size: int, progress: bool)
 
 def _stream(url: str, part: Path, target: Path, progress: bool) -> str:
     """One HTTP request appending to `part` (resuming it with Range when it exists); returns the part's sha256."""
+    import urllib.error
+    import urllib.request
+
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": _USER_AGENT}
     if offset:
@@ -695,6 +929,8 @@ def _stream(url: str, part: Path, target: Path, progress: bool) -> str:
 
 
 def _read_chunk(response: http.client.HTTPResponse) -> bytes:
+    import http.client
+
     try:
         return response.read(_CHUNK)
     except (http.client.HTTPException, OSError) as error:  # resets and timeouts included
@@ -721,6 +957,15 @@ def _progress(label: str, total: int | None, completed: int, enabled: bool) -> I
     if not enabled:
         yield lambda _: None
         return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),

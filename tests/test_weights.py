@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import random
 import re
 import socket
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
+from typer.testing import Result
 
+from fusioncam import weights
 from fusioncam.weights import (
     ChecksumError,
     DownloadError,
@@ -25,10 +28,12 @@ from fusioncam.weights import (
     UnknownPresetError,
     VerifyStatus,
     WeightsMissingError,
+    file_digest,
     get_preset,
     load_registry,
     preset_paths,
     pull,
+    require_files,
     resolve_file,
     verify,
 )
@@ -111,8 +116,10 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for variable in ("FUSIONCAM_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "FUSIONCAM_WEIGHTS_TOML"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("FUSIONCAM_HOME", str(tmp_path / "cache"))
-    # huggingface_hub reads HF_HUB_CACHE once at import; its functions look the constant up at call time.
+    # huggingface_hub reads HF_HUB_CACHE once at import; its functions look the constant up at call time. The
+    # variable is for our own lookup when huggingface_hub is not imported (subprocesses).
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     return tmp_path / "cache"
 
 
@@ -375,15 +382,18 @@ def test_archive_member_is_extracted(
 # --- Hugging Face cache -----------------------------------------------------------------------------------------
 
 
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
 def add_to_hf_cache(root: Path, repo: str, filename: str, content: bytes, blob: str) -> Path:
     """Lay a file out the way huggingface_hub caches it: blobs named by digest, a snapshot per commit."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
+    commit = COMMIT
     folder = root / f"models--{repo.replace('/', '--')}"
-    (folder / "blobs").mkdir(parents=True)
+    (folder / "blobs").mkdir(parents=True, exist_ok=True)
     (folder / "blobs" / blob).write_bytes(content)
-    (folder / "refs").mkdir()
+    (folder / "refs").mkdir(exist_ok=True)
     (folder / "refs" / "main").write_text(commit)
-    (folder / "snapshots" / commit).mkdir(parents=True)
+    (folder / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
     snapshot = folder / "snapshots" / commit / filename
     snapshot.symlink_to(Path("..", "..", "blobs", blob))
     return snapshot
@@ -440,3 +450,377 @@ def test_cli_pull_verify_and_offline(tmp_path: Path, monkeypatch: pytest.MonkeyP
     tampered = runner.invoke(app, ["weights", "verify", "tiny"])
     assert tampered.exit_code == 1 and "mismatch" in tampered.stdout
     assert runner.invoke(app, ["weights", "pull", "no-such-preset"]).exit_code == 2
+
+
+# --- issue 9: paths, verify, offline all at once, sizes, local digests, fast listing ------------------------------
+
+
+def cli(*args: str) -> Result:
+    from typer.testing import CliRunner
+
+    from fusioncam.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def tsv_rows(stdout: str) -> list[dict[str, str]]:
+    """`print_table` writes TSV with a header line when stdout is not a terminal (as under CliRunner)."""
+    header, *lines = stdout.splitlines()
+    return [dict(zip(header.split("\t"), line.split("\t"), strict=True)) for line in lines]
+
+
+def append_registry(tmp_path: Path, text: str) -> None:
+    with (tmp_path / "weights.toml").open("a") as registry:
+        registry.write(text)
+
+
+def test_hub_paths_are_computed_from_the_cache_layout_and_never_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vocab = add_to_hf_cache(tmp_path / "hf", "org/tiny", "vocab.txt", b"[PAD]\n", "a" * 40)
+    pinned = "89abcdef0123456789abcdef0123456789abcdef"
+    write_registry(tmp_path, monkeypatch, 'url = "http://127.0.0.1:9/model.bin"')
+    append_registry(
+        tmp_path,
+        '[tiny.files.vocab]\nhf_repo = "org/tiny"\nhf_filename = "vocab.txt"\n'
+        '[tiny.files.merges]\nhf_repo = "org/tiny"\nhf_filename = "merges.txt"\n'
+        '[tiny.files.extra]\nhf_repo = "org/elsewhere"\nhf_filename = "extra.json"\n'
+        f'[tiny.files.pinned]\nhf_repo = "org/pinned"\nhf_filename = "sub/p.bin"\nrevision = "{pinned}"\n',
+    )
+    merges = vocab.parent / "merges.txt"  # same commit as refs/main, not downloaded yet
+    pinned_path = tmp_path / "hf" / "models--org--pinned" / "snapshots" / pinned / "sub" / "p.bin"
+
+    paths = preset_paths("tiny")
+    assert (paths["vocab"], paths["merges"], paths["extra"], paths["pinned"]) == (vocab, merges, None, pinned_path)
+
+    listed = cli("weights", "path", "tiny")
+    assert listed.exit_code == 0 and "None" not in listed.stdout
+    assert dict(line.split("\t") for line in listed.stdout.splitlines()) == {
+        "checkpoint": str(tmp_path / "cache" / "tiny" / "model.bin"),
+        "vocab": str(vocab),
+        "merges": str(merges),
+        "extra": "not downloaded (hf://org/elsewhere/extra.json)",
+        "pinned": str(pinned_path),
+    }
+    # The computed place is where the file is found once it is there.
+    printed = Path(cli("weights", "path", "tiny", "--role", "merges").stdout.strip())
+    printed.write_text("merges")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_file("tiny", "merges") == merges
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [
+        {"HF_HUB_CACHE": "{tmp}/explicit"},
+        {"HUGGINGFACE_HUB_CACHE": "{tmp}/legacy", "HF_HOME": "{tmp}/home"},
+        {"HF_HOME": "{tmp}/home"},
+        {"XDG_CACHE_HOME": "{tmp}/xdg"},
+        {"HOME": "{tmp}/user"},
+        {"HF_HOME": "~/hf-home"},
+    ],
+)
+def test_hf_cache_folder_is_found_like_huggingface_hub_finds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, environment: dict[str, str]
+) -> None:
+    import importlib.util
+    import sys
+
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home-dir"))
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value.replace("{tmp}", str(tmp_path)))
+    # A fresh copy of huggingface_hub's constants module reads the environment as it is now.
+    spec = importlib.util.spec_from_file_location("hf_constants_copy", huggingface_hub.constants.__file__)
+    assert spec is not None and spec.loader is not None
+    theirs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(theirs)
+    monkeypatch.delitem(sys.modules, "huggingface_hub.constants")  # as in a process that never imported it
+
+    assert weights.hf_hub_cache() == Path(theirs.HF_HUB_CACHE)
+    assert str(tmp_path) in theirs.HF_HUB_CACHE
+
+
+def test_verify_lists_missing_files_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    write_registry(tmp_path, monkeypatch, f'url = "http://127.0.0.1:9/model.bin"\nsha256 = "{DIGEST}"')
+    append_registry(
+        tmp_path,
+        '[tiny.files.vocab]\nhf_repo = "org/tiny"\nhf_filename = "vocab.txt"\n'
+        '[other]\nkind = "blip-itm"\nlayout = "lavis"\n'
+        '[other.files.checkpoint]\nurl = "http://127.0.0.1:9/other.bin"\n',
+    )
+
+    nothing = cli("weights", "verify")
+    assert nothing.exit_code == 0 and tsv_rows(nothing.stdout) == [] and "nothing to verify" in nothing.stderr
+
+    (isolated / "tiny").mkdir(parents=True)
+    (isolated / "tiny" / "model.bin").write_bytes(CONTENT)
+    partly = cli("weights", "verify")
+    assert partly.exit_code == 1
+    assert tsv_rows(partly.stdout) == [  # `other` has no file here: not listed
+        {"preset": "tiny", "file": "checkpoint", "status": "ok", "path": str(isolated / "tiny" / "model.bin")},
+        {"preset": "tiny", "file": "vocab", "status": "missing", "path": "not downloaded (hf://org/tiny/vocab.txt)"},
+    ]
+
+    named = cli("weights", "verify", "other")
+    assert named.exit_code == 1
+    assert tsv_rows(named.stdout) == [
+        {"preset": "other", "file": "checkpoint", "status": "missing", "path": str(isolated / "other" / "other.bin")}
+    ]
+
+    add_to_hf_cache(tmp_path / "hf", "org/tiny", "vocab.txt", b"[PAD]\n", hashlib.sha256(b"[PAD]\n").hexdigest())
+    complete = cli("weights", "verify")
+    assert complete.exit_code == 0, complete.stdout
+    assert [(row["file"], row["status"]) for row in tsv_rows(complete.stdout)] == [
+        ("checkpoint", "ok"),
+        ("vocab", "ok"),
+    ]
+
+    (isolated / "tiny" / "model.bin").write_bytes(b"tampered" + CONTENT[8:])
+    tampered = cli("weights", "verify", "tiny", "other")
+    assert tampered.exit_code == 1
+    assert [row["status"] for row in tsv_rows(tampered.stdout)] == ["sha256 mismatch", "ok", "missing"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "download"), [("FUSIONCAM_OFFLINE", True), ("HF_HUB_OFFLINE", True), (None, False)]
+)
+def test_offline_reports_every_missing_file_of_a_preset_in_one_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    server: Server,
+    isolated: Path,
+    variable: str | None,
+    download: bool,
+) -> None:
+    config = add_to_hf_cache(tmp_path / "hf", "org/tiny", "config.json", b"{}", "c" * 40)
+    write_registry(tmp_path, monkeypatch, f'url = "{server.url}/model.bin"')
+    append_registry(
+        tmp_path,
+        '[tiny.files.config]\nhf_repo = "org/tiny"\nhf_filename = "config.json"\n'  # here
+        '[tiny.files.vocab]\nhf_repo = "org/tiny"\nhf_filename = "vocab.txt"\n'  # commit known, file missing
+        '[tiny.files.merges]\nhf_repo = "org/absent"\nhf_filename = "merges.txt"\nrevision = "v1"\n'
+        '[tiny.files.extra]\npath = "extra.bin"\n',
+    )
+    if variable:
+        monkeypatch.setenv(variable, "1")
+
+    with pytest.raises(WeightsMissingError) as raised:
+        require_files("tiny", download=download)
+
+    message = str(raised.value)
+    assert message.startswith("tiny: 4 files are missing and downloads are off")
+    assert str(isolated / "tiny" / "model.bin") in message and f"{server.url}/model.bin" in message
+    assert "hf download org/tiny vocab.txt`" in message and str(config.parent / "vocab.txt") in message
+    assert "hf download org/absent merges.txt --revision v1`" in message
+    assert f"extra: {tmp_path / 'extra.bin'} does not exist" in message
+    assert "config:" not in message  # it is here
+    assert 'extends = "tiny"' in message
+    assert all(f"[files.{role}]" in message for role in ("checkpoint", "vocab", "merges"))
+    assert "[files.extra]" not in message  # already a local path: the fix is in the preset, not a new one
+    assert server.state.requests == []
+
+    assert require_files("tiny", ["config"], download=download) == {"config": config}
+    with pytest.raises(WeightsMissingError, match=r"^tiny: checkpoint is missing and downloads are off"):
+        require_files("tiny", ["config", "checkpoint"], download=download)
+
+
+def test_missing_local_files_are_reported_before_anything_is_downloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server
+) -> None:
+    write_registry(tmp_path, monkeypatch, f'url = "{server.url}/model.bin"')
+    append_registry(tmp_path, '[tiny.files.a]\npath = "a.bin"\n[tiny.files.b]\npath = "b.bin"\n')
+
+    with pytest.raises(WeightsMissingError) as raised:
+        pull("tiny", progress=False)
+
+    assert raised.value.args[0].startswith("tiny: 2 files are missing:")
+    assert str(tmp_path / "a.bin") in str(raised.value) and str(tmp_path / "b.bin") in str(raised.value)
+    assert server.state.requests == []
+    (tmp_path / "a.bin").write_bytes(b"a")
+    (tmp_path / "b.bin").write_bytes(b"b")
+    assert pull("tiny", progress=False)["checkpoint"].read_bytes() == CONTENT
+
+
+def test_cli_pull_offline_names_every_missing_file_in_one_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server
+) -> None:
+    write_registry(tmp_path, monkeypatch, f'url = "{server.url}/model.bin"')
+    append_registry(tmp_path, '[tiny.files.vocab]\nhf_repo = "org/tiny"\nhf_filename = "vocab.txt"\n')
+    monkeypatch.setenv("FUSIONCAM_OFFLINE", "1")
+
+    result = cli("weights", "pull", "tiny")
+
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "2 files are missing" in result.stderr
+    assert "model.bin" in result.stderr and "hf download org/tiny vocab.txt" in result.stderr
+
+
+def test_list_shows_sizes_declared_or_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:
+    import json
+
+    write_registry(tmp_path, monkeypatch, 'url = "http://127.0.0.1:9/model.bin"\nsize = 893_768_508')
+    append_registry(
+        tmp_path,
+        '[tiny.files.vocab]\nurl = "http://127.0.0.1:9/vocab.txt"\nsize = 231_508\n'
+        '[unknown]\nkind = "blip-itm"\nlayout = "lavis"\n[unknown.files.checkpoint]\nurl = "http://127.0.0.1:9/u.bin"\n'
+        '[ondisk]\nkind = "blip-itm"\nlayout = "lavis"\n[ondisk.files.checkpoint]\nurl = "http://127.0.0.1:9/d.bin"\n'
+        '[ondisk.files.vocab]\nurl = "http://127.0.0.1:9/v.txt"\n'
+        '[photo]\nkind = "image"\nlayout = "none"\n[photo.files.image]\nurl = "http://127.0.0.1:9/p.jpg"\nsize = 5\n',
+    )
+    (isolated / "ondisk").mkdir(parents=True)
+    (isolated / "ondisk" / "d.bin").write_bytes(b"x" * 12_000)
+    (isolated / "ondisk" / "v.txt").write_bytes(b"x" * 345)
+
+    table = cli("weights", "list")
+    assert table.exit_code == 0
+    assert [(row["name"], row["size"], row["here"]) for row in tsv_rows(table.stdout)] == [
+        ("tiny", "894 MB", ""),
+        ("unknown", "?", ""),
+        ("ondisk", "12.3 kB", "yes"),
+    ]
+    records = [json.loads(line) for line in cli("weights", "list", "--jsonl").stdout.splitlines()]
+    assert [(r["name"], r["size_bytes"], r["cached"]) for r in records] == [
+        ("tiny", 894_000_016, False),
+        ("unknown", None, False),
+        ("ondisk", 12_345, True),
+    ]
+
+    (isolated / "ondisk" / "v.txt").unlink()  # one file gone: its size is unknown again, so is the total
+    assert [(row["size"], row["here"]) for row in tsv_rows(cli("weights", "list").stdout)][2] == ("?", "partly")
+
+
+def test_human_sizes() -> None:
+    from fusioncam.cli.weights import human_size
+
+    assert [human_size(n) for n in (None, 0, 999, 1000, 12_345, 999_400, 999_600, 893_768_508, 1_880_000_000)] == [
+        "?",
+        "0 B",
+        "999 B",
+        "1.0 kB",
+        "12.3 kB",
+        "999 kB",
+        "1.0 MB",
+        "894 MB",
+        "1.9 GB",
+    ]
+
+
+def test_declared_sha256_of_a_local_file_is_checked_at_load_and_hashed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    local = tmp_path / "local.bin"
+    local.write_bytes(CONTENT)
+    time.sleep(0.15)  # older than the racy-timestamp window when hashed (see weights._RACY_NS)
+    write_registry(tmp_path, monkeypatch, f'path = "local.bin"\nsha256 = "{DIGEST}"')
+    hashed: list[Path] = []
+    real_hash = weights._sha256_file
+    monkeypatch.setattr(weights, "_sha256_file", lambda path: hashed.append(path) or real_hash(path))
+    monkeypatch.setattr(weights, "_DIGEST_MEMO", {})
+
+    assert resolve_file("tiny", "checkpoint") == local and len(hashed) == 1
+    assert resolve_file("tiny", "checkpoint") == local and len(hashed) == 1  # remembered in this process
+    monkeypatch.setattr(weights, "_DIGEST_MEMO", {})  # as in a new process: the record in the cache answers
+    assert require_files("tiny") == {"checkpoint": local} and len(hashed) == 1
+    [record] = (isolated / "_digests").iterdir()
+    assert f'"sha256": "{DIGEST}"' in record.read_text()
+
+    # Same size, mtime put back: ctime still changes, so the file is hashed again and the change is caught.
+    before = local.stat()
+    flipped = bytearray(CONTENT)
+    flipped[123] ^= 1
+    local.write_bytes(bytes(flipped))
+    os.utime(local, ns=(before.st_atime_ns, before.st_mtime_ns))
+    actual = hashlib.sha256(flipped).hexdigest()
+    with pytest.raises(ChecksumError) as raised:
+        resolve_file("tiny", "checkpoint")
+    assert str(local) in str(raised.value) and DIGEST in str(raised.value) and actual in str(raised.value)
+    assert len(hashed) == 2
+
+
+def test_a_declared_size_or_digest_that_does_not_match_a_local_file_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "local.bin").write_bytes(CONTENT)
+    write_registry(tmp_path, monkeypatch, f'path = "local.bin"\nsha256 = "{"0" * 64}"')
+    with pytest.raises(ChecksumError, match=f"has sha256 {DIGEST}, the preset .* expects {'0' * 64}"):
+        resolve_file("tiny", "checkpoint")
+    assert verify("tiny")[0].status is VerifyStatus.MISMATCH
+
+    write_registry(tmp_path, monkeypatch, f'path = "local.bin"\nsha256 = "{DIGEST}"\nsize = 10')
+    with pytest.raises(ChecksumError, match=f"has {len(CONTENT)} bytes, the preset .* declares 10"):
+        resolve_file("tiny", "checkpoint")
+
+
+def test_file_digest_for_run_records_never_downloads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server
+) -> None:
+    vocab = b"[PAD]\n[UNK]\n"
+    add_to_hf_cache(tmp_path / "hf", "org/tiny", "vocab.txt", vocab, hashlib.sha1(b"blob 12\0" + vocab).hexdigest())
+    add_to_hf_cache(tmp_path / "hf", "org/tiny", "model.safetensors", CONTENT, "e" * 64)  # the name is trusted
+    (tmp_path / "small.bin").write_bytes(b"small")
+    (tmp_path / "big.bin").write_bytes(CONTENT)
+    write_registry(tmp_path, monkeypatch, f'url = "{server.url}/model.bin"')
+    append_registry(
+        tmp_path,
+        f'[tiny.files.declared]\nurl = "{server.url}/never.bin"\nsha256 = "{"d" * 64}"\n'
+        '[tiny.files.vocab]\nhf_repo = "org/tiny"\nhf_filename = "vocab.txt"\n'
+        '[tiny.files.weights]\nhf_repo = "org/tiny"\nhf_filename = "model.safetensors"\n'
+        '[tiny.files.absent]\nhf_repo = "org/tiny"\nhf_filename = "absent.txt"\n'
+        '[tiny.files.small]\npath = "small.bin"\n[tiny.files.big]\npath = "big.bin"\n',
+    )
+    monkeypatch.setattr(weights, "_SMALL_FILE_BYTES", 1000)
+
+    assert {role: file_digest("tiny", role) for role in get_preset("tiny").files} == {
+        "checkpoint": None,  # not downloaded, no digest declared
+        "declared": "d" * 64,
+        "vocab": hashlib.sha256(vocab).hexdigest(),
+        "weights": "e" * 64,
+        "absent": None,
+        "small": hashlib.sha256(b"small").hexdigest(),
+        "big": None,  # over the size limit and never hashed
+    }
+    assert server.state.requests == []
+    resolve_file("tiny", "checkpoint", progress=False)
+    assert file_digest("tiny", "checkpoint") == DIGEST  # recorded at download
+    assert len(server.state.requests) == 1
+
+
+def test_listing_and_locating_files_import_neither_huggingface_hub_nor_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    hf_home = tmp_path / "hf-home"  # found through HF_HOME/hub: the subprocess has no HF_HUB_CACHE
+    vocab = add_to_hf_cache(
+        hf_home / "hub", "org/tiny", "vocab.txt", b"[PAD]\n", hashlib.sha256(b"[PAD]\n").hexdigest()
+    )
+    write_registry(tmp_path, monkeypatch, 'url = "http://127.0.0.1:9/model.bin"')
+    append_registry(tmp_path, '[tiny.files.vocab]\nhf_repo = "org/tiny"\nhf_filename = "vocab.txt"\n')
+    (isolated / "tiny").mkdir(parents=True)
+    (isolated / "tiny" / "model.bin").write_bytes(b"weights")
+    script = (
+        "import sys\n"
+        "from fusioncam.cli import app\n"
+        "for args in (['weights', 'list', '--jsonl'], ['weights', 'path', 'tiny'], ['weights', 'verify']):\n"
+        "    assert app(args, standalone_mode=False) in (None, 0), args\n"
+        "print('heavy', [m for m in ('huggingface_hub', 'torch', 'transformers', 'filelock') if m in sys.modules])\n"
+    )
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGINGFACE_"))}
+    environment["HF_HOME"] = str(hf_home)
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert json.loads(lines[0])["cached"] is True  # both files found, the hub one through the cache layout
+    assert f"vocab\t{vocab}" in lines
+    assert lines[-1] == "heavy []"
