@@ -177,14 +177,27 @@ def _pixel(point: tuple[int, int]) -> dict[str, int]:
     return {"x": int(point[0]), "y": int(point[1])}
 
 
-def _paths(out_dir: Path, pair: Pair, *kinds: str) -> dict[str, Path]:
+# File suffixes by command and kind of output. Each command has suffixes of its own, so that `heatmap`, `segment`
+# and `vqa` of the same image and text can share an --out folder without overwriting each other's files.
+_SUFFIXES: dict[str, dict[str, str]] = {
+    "heatmap": {
+        "overlay": ".overlay.png", "heatmap": ".heatmap.npy", "json": ".json", "words": ".words.png",
+        "word_maps": ".words.npy", "mask": ".mask.png",
+    },
+    "segment": {
+        "mask": ".segment-mask.png", "cutout": ".cutout.png", "segment": ".segment.png", "json": ".segment.json",
+    },
+    "vqa": {
+        "overlay": ".question.png", "heatmap": ".question.npy", "answer_overlay": ".answer.png",
+        "answer_map": ".answer.npy", "json": ".vqa.json",
+    },
+}  # fmt: skip
+
+
+def _paths(out_dir: Path, pair: Pair, command: str, *kinds: str) -> dict[str, Path]:
     base = out_dir / pair.stem
     base.parent.mkdir(parents=True, exist_ok=True)
-    suffixes = {"overlay": ".overlay.png", "heatmap": ".heatmap.npy", "json": ".json", "words": ".words.png"}
-    suffixes |= {"word_maps": ".words.npy"}
-    suffixes |= {"mask": ".mask.png", "cutout": ".cutout.png", "segment": ".segment.png"}
-    suffixes |= {"answer_overlay": ".answer.png", "answer_map": ".answer.npy"}
-    return {kind: base.with_name(base.name + suffixes[kind]) for kind in kinds}
+    return {kind: base.with_name(base.name + _SUFFIXES[command][kind]) for kind in kinds}
 
 
 def _source(pair: Pair) -> dict:
@@ -259,7 +272,7 @@ def write_heatmap(
     and says so when the overlay is the refined one.
     """
     kinds = ["overlay", "heatmap", "json"] + (["words", "word_maps"] if result.word_maps else [])
-    paths = _paths(out_dir, pair, *kinds, *(["mask"] if refined is not None and save_mask else []))
+    paths = _paths(out_dir, pair, "heatmap", *kinds, *(["mask"] if refined is not None and save_mask else []))
     heatmap = result.heatmap if refined is None else refined.heatmap.numpy()
     height, width = image.shape[:2]
     save_png(paths["overlay"], overlay(image, heatmap, alpha=alpha, colormap=colormap))
@@ -293,7 +306,7 @@ def write_segment(
 ) -> dict:
     """Mask PNG (0/255) at the image's resolution, the object cut out (RGBA), the mask over the image with the
     prompt points SAM was given (foreground clicks and the rest drawn apart), JSON."""
-    paths = _paths(out_dir, pair, "mask", "cutout", "segment", "json")
+    paths = _paths(out_dir, pair, "segment", "mask", "cutout", "segment", "json")
     mask = refined.mask.numpy()
     save_png(paths["mask"], mask.astype(np.uint8) * 255)
     save_png(paths["cutout"], cutout(image, mask))
@@ -324,7 +337,7 @@ def write_vqa(
     The answer map's picture carries the question and the answer, so that it can be shared on its own.
     """
     kinds = ["overlay", "heatmap", "json"] + (["answer_overlay", "answer_map"] if result.answer_map is not None else [])
-    paths = _paths(out_dir, pair, *kinds)
+    paths = _paths(out_dir, pair, "vqa", *kinds)
     save_png(paths["overlay"], overlay(image, result.heatmap, alpha=alpha, colormap=colormap))
     np.save(paths["heatmap"], result.heatmap.astype(np.float32))
     height, width = image.shape[:2]

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from fusioncam.cli import demo, evaluate, explain, training, weights
+from fusioncam.cli import demo, evaluate, explain, report, training, weights
 
 app = typer.Typer(
     help="Where does a vision-language model look? BLIP image-text matching scores, Grad-CAM heatmaps, "
@@ -49,6 +49,7 @@ app.command()(explain.vqa)
 app.command()(explain.score)
 app.command()(training.synth)
 app.command()(training.train)
+app.command()(report.report)
 app.command()(demo.demo)
 app.command("example-image")(weights.example_image)
 app.add_typer(weights.app, name="weights")
