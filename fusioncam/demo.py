@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from fusioncam.api import BlipMatcher, SamRefiner, load, load_captioner, load_qa, load_sam
-from fusioncam.batch import Pair, slug, write_heatmap, write_vqa
 from fusioncam.explain.render import save_png
 from fusioncam.images import load_image
+from fusioncam.inputs import Pair, slug
+from fusioncam.outputs import write_heatmap, write_vqa
 from fusioncam.vqa import PNPVQA, VQAConfig
 
 REAL_ITM, REAL_SAM = "blip-itm-base", "efficient-sam-vitt"

@@ -9,6 +9,9 @@ map's mass on it), and a BLIP+EfficientSAM fusion trained on top must open its g
 accuracy or pointing. The figures are printed to stderr (`pytest -s`) and written to the test's tmp dir as
 figures.md.
 
+The ITM and EfficientSAM recipes are those of the built-in `synth-itm` and `synth-sam` (`fusioncam.synth_models`,
+whose trainers this test runs), so this test also shows that the recipe that made the shipped files learns.
+
 Why this configuration (found by experiment, pointing measured on 400 held-out expressions):
 
 - The ViT has depth 0: the image tokens are the patch embeddings (8×8-pixel patches of a 64² image: an 8×8 grid)
@@ -39,47 +42,26 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import fusioncam
 from fusioncam.api import SamRefiner, load_sam
 from fusioncam.cli import app
 from fusioncam.evaluate import evaluate_pointing, itm_accuracy, read_referring
-from fusioncam.models.efficient_sam import EfficientSam
-from fusioncam.models.efficient_sam.sam import EfficientSamConfig
-from fusioncam.synth import VOCABULARY, Scene, synth_scene
-from fusioncam.train import TrainConfig, to_toml, train
+from fusioncam.synth_models import ItmRecipe, SamRecipe, save_sam, train_sam
+from fusioncam.synth_models import one_thread as _one_thread
+from fusioncam.train import TrainConfig, run_name, train
+from fusioncam.weights import write_preset
 
-IMAGE_SIZE = 64
-TRAIN_SCENES = 3000
-HELD_OUT_SCENES = 200
 SEED = 0
-BLIP = {
-    "embed_dim": 32,
-    "max_txt_len": 32,
-    "vision": {"image_size": IMAGE_SIZE, "patch_size": 8, "width": 64, "depth": 0, "num_heads": 2},
-    "text": {
-        "vocab_size": len(VOCABULARY) + 2,  # the synthetic vocabulary plus [DEC] and [ENC]
-        "hidden_size": 128,
-        "num_layers": 2,
-        "num_heads": 8,
-        "intermediate_size": 256,
-        "max_position_embeddings": 32,
-        "encoder_width": 64,
-    },
-}
-BLOCK = 0
-ITM_TRAINING = {"steps": 600, "batch_size": 32, "lr": 1.5e-3, "warmup_steps": 20, "grad_clip": 0.0, "seed": SEED}
-SAM = {
-    "encoder": {"image_size": IMAGE_SIZE, "patch_size": 8, "width": 64, "depth": 2, "num_heads": 4, "neck_dim": 64},
-    "decoder": {"transformer_mlp_dim": 128, "iou_head_hidden_dim": 64, "upscaling_dims": [32, 16]},
-}
-SAM_SCENES, SAM_STEPS, SAM_BATCH, SAM_LR = 2000, 500, 32, 2e-3
+ITM = ItmRecipe()  # the built-in synth-itm's recipe: the values and why are in the module docstring
+SAM = SamRecipe()  # and synth-sam's
+IMAGE_SIZE = ITM.image_size
+TRAIN_SCENES = ITM.scenes
+HELD_OUT_SCENES = 200
+BLOCK = ITM.block
+ITM_TRAINING = ITM.training() | {"seed": SEED}
 FUSION = {"Lf": 1, "T": 1, "N": 2, "d_ff": 128, "heads": 2, "dropout": 0.0, "attention_dropout": 0.0}
 FUSION_PAIRS = 1000
 FUSION_TRAINING = {"steps": 100, "batch_size": 32, "lr": 3e-3, "warmup_steps": 0, "grad_clip": 0.0, "seed": SEED}
@@ -100,10 +82,8 @@ ITM_TOLERANCE = 0.02
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with _one_thread():
+        yield
 
 
 def _invoke(runner: CliRunner, args: list[str]) -> str:
@@ -112,63 +92,13 @@ def _invoke(runner: CliRunner, args: list[str]) -> str:
     return result.stdout
 
 
-def _sam_batch(scenes: list[Scene], rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-    """Images [B, 3, H, W] in [0, 1], one prompt each ([B, 1, 5, 2] points, [B, 1, 5] labels) and its object's mask.
-
-    Prompted as `explain.refine` prompts with the fork's labels: one foreground click (label 1) at an integer
-    pixel of a random object, then up to four points labelled with a peak score in [0.1, 1) — which EfficientSAM
-    reads as bare positions — anywhere in the image, and padding.
-    """
-    size = scenes[0].image.shape[0]
-    images, points, labels, masks = [], [], [], []
-    for scene in scenes:
-        target = scene.objects[rng.integers(len(scene.objects))]
-        ys, xs = np.nonzero(target.mask)
-        click = rng.integers(len(xs))
-        extra = int(rng.integers(5))
-        points.append([[xs[click], ys[click]], *rng.integers(0, size, (extra, 2)).tolist()] + [[-1, -1]] * (4 - extra))
-        labels.append([1.0, *rng.uniform(0.1, 1.0, extra).tolist()] + [-1.0] * (4 - extra))
-        images.append(torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255)
-        masks.append(torch.from_numpy(target.mask).float())
-    return (
-        torch.stack(images),
-        torch.tensor(points, dtype=torch.float32)[:, None],
-        torch.tensor(labels)[:, None],
-        torch.stack(masks),
-    )
-
-
 def _train_sam(folder: Path) -> Path:
-    """A tiny EfficientSAM trained from scratch on the training scenes' object masks; returns its preset.
+    """A tiny EfficientSAM trained from scratch on the training scenes' object masks; returns its preset file.
 
     No EfficientSAM weights can be downloaded here, and a random one cuts arbitrary masks, so `esam` and the
-    fusion would be measured against noise. Its first multimask output (the one refinement takes) learns the
-    clicked object's mask at the decoder's resolution, with BCE + Dice as SAM trains; saved in the official layout.
+    fusion would be measured against noise.
     """
-    scenes = [synth_scene(index, SEED, image_size=IMAGE_SIZE, split="train")[0] for index in range(SAM_SCENES)]
-    rng = np.random.default_rng(SEED)
-    torch.manual_seed(SEED)
-    sam = EfficientSam(EfficientSamConfig.from_dict(SAM))
-    optimizer = torch.optim.AdamW(sam.parameters(), lr=SAM_LR, weight_decay=0.01)
-    for step in range(SAM_STEPS):
-        for group in optimizer.param_groups:  # 30 warm-up steps, then a cosine
-            group["lr"] = SAM_LR * min(1.0, (step + 1) / 30) * 0.5 * (1 + np.cos(np.pi * step / SAM_STEPS))
-        images, points, labels, masks = _sam_batch([scenes[i] for i in rng.integers(len(scenes), size=SAM_BATCH)], rng)
-        logits = sam(images, points, labels).low_res_masks[:, 0, 0]
-        target = F.interpolate(masks[:, None], logits.shape[-2:], mode="area")[:, 0]
-        probability = logits.sigmoid()
-        overlap = 2 * (probability * target).sum((1, 2)) + 1
-        dice = 1 - overlap / (probability.sum((1, 2)) + target.sum((1, 2)) + 1)
-        loss = F.binary_cross_entropy_with_logits(logits, target) + dice.mean()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
-        optimizer.step()
-    save_file(sam.state_dict(), folder / "sam.safetensors")
-    preset = folder / "tiny-sam.toml"
-    table = {"kind": "efficient-sam", "layout": "efficient-sam", "config": SAM}
-    preset.write_text(to_toml(table | {"files": {"checkpoint": {"path": "sam.safetensors"}}}))
-    return preset
+    return save_sam(train_sam(SAM, SEED), folder, "sam").write_preset(folder / "tiny-sam.toml")
 
 
 def test_tiny_blip_learns_to_point_and_the_fusion_keeps_it(tmp_path: Path, one_thread: None) -> None:
@@ -181,17 +111,17 @@ def test_tiny_blip_learns_to_point_and_the_fusion_keeps_it(tmp_path: Path, one_t
     train_data, held_out = tmp_path / "scenes" / "train", tmp_path / "scenes" / "val"
     synth_seconds = time.perf_counter() - clock
 
-    # A preset without weights: `train --from-scratch` initialises it and writes out/preset.toml with the weights.
+    # A preset without weights: `train --from-scratch` initialises it and writes a preset with the weights to out/.
     preset = tmp_path / "tiny-blip.toml"
     files = {"vocab": {"path": str(train_data / "vocab.txt")}}
-    preset.write_text(to_toml({"kind": "blip-itm", "layout": "fusioncam", "config": BLIP, "files": files}))
+    write_preset(preset, {"kind": "blip-itm", "layout": "fusioncam", "config": ITM.architecture, "files": files})
     clock = time.perf_counter()
     args = ["train", "--what", "itm", "--data", str(train_data / "referring.jsonl"), "--out", str(tmp_path / "itm")]
     args += ["--model", str(preset), "--from-scratch", "--device", "cpu", "--quiet"]
     args += [f"--{key.replace('_', '-')}={value}" for key, value in ITM_TRAINING.items()]
     itm_last = json.loads(_invoke(runner, args))
     itm_seconds = time.perf_counter() - clock
-    trained = tmp_path / "itm" / "preset.toml"
+    trained = tmp_path / "itm" / f"{run_name(tmp_path / 'itm')}.toml"
 
     # The CLI has no option for the fusion's architecture, and its default (DIFNet N=6, d_ff 2048) would take
     # minutes here: the fusion is trained through the library.
@@ -213,7 +143,6 @@ def test_tiny_blip_learns_to_point_and_the_fusion_keeps_it(tmp_path: Path, one_t
             device="cpu",
             **FUSION_TRAINING,
         ),
-        progress=False,
     )
     fusion_seconds = time.perf_counter() - clock
     gate = fusion.model.fusion.gate.item()
@@ -234,10 +163,10 @@ def test_tiny_blip_learns_to_point_and_the_fusion_keeps_it(tmp_path: Path, one_t
     }
     accuracy = {"blip": itm_accuracy(blip, records, negatives_seed=SEED), "fused": itm_accuracy(fused, records, SEED)}
     args = ["eval", "pointing", "--data", str(held_out / "referring.jsonl"), "--model", str(trained)]
-    cli_report = json.loads(_invoke(runner, [*args, "--block", str(BLOCK), "--device", "cpu", "--json", "--quiet"]))
+    cli_report = json.loads(_invoke(runner, [*args, "--block", str(BLOCK), "--device", "cpu", "--jsonl", "--quiet"]))
     args = ["eval", "itm", "--data", str(held_out / "referring.jsonl"), "--model", str(trained), "--encoder", "fused"]
     args += ["--fusion", str(fusion.weights), "--sam-model", str(sam_preset), "--seed", str(SEED)]
-    cli_itm = json.loads(_invoke(runner, [*args, "--device", "cpu", "--json", "--quiet"]))
+    cli_itm = json.loads(_invoke(runner, [*args, "--device", "cpu", "--jsonl", "--quiet"]))
     eval_seconds = time.perf_counter() - clock
     total_seconds = time.perf_counter() - started
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from conftest import reference_root
 
+from fusioncam.synth_models import write_t5_tokenizer
+
 BLIP_ITM = """\
 kind = "blip-itm"
 layout = "lavis"
@@ -143,27 +145,3 @@ def write_tiny_presets(folder: Path) -> dict[str, Path]:
     config = "\n".join(f"{key} = {t5[key]}" for key in sizes)
     presets["qa"].write_text(T5_QA.format(case=root / "pnp_fid_qa", config=config))
     return presets
-
-
-def write_t5_tokenizer(folder: Path, texts: list[str], vocab_size: int, model_type: str = "unigram") -> Path:
-    """A SentencePiece model of `texts` with T5's special ids (pad 0, eos 1, unk 2, no bos) and the tokenizer
-    config `T5Tokenizer.from_pretrained(folder)` reads; returns the model file."""
-    import sentencepiece
-
-    folder.mkdir(parents=True, exist_ok=True)
-    corpus = folder / "corpus.txt"
-    corpus.write_text("\n".join(texts) + "\n")
-    sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus),
-        model_prefix=str(folder / "spiece"),
-        model_type=model_type,
-        vocab_size=vocab_size,
-        hard_vocab_limit=False,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        minloglevel=2,
-    )
-    (folder / "tokenizer_config.json").write_text(json.dumps({"extra_ids": 0, "model_max_length": 512}))
-    return folder / "spiece.model"

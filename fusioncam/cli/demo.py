@@ -55,7 +55,8 @@ def demo(
         raise fail(f"the real models are needed for --image and cannot be had here: {unavailable}")
     else:
         if unavailable is not None:
-            stderr.print(f"offline ({unavailable}): running the built-in toy models on a generated scene", markup=False)
+            message = f"offline, running the built-in toy models on a generated scene ({unavailable})"
+            stderr.print(message, markup=False)
         plan = demo_lib.builtin_plan(out, seed)
     try:
         with stderr.status("explaining …"):
@@ -75,7 +76,7 @@ def _real_models_unavailable(weights_lib, with_example: bool) -> str | None:
         for name in (demo_lib.REAL_ITM, demo_lib.REAL_SAM):
             weights_lib.pull(name)
     except weights_lib.WeightsError as error:
-        return str(error).split("\n")[0].split(". ")[0]
+        return str(error).splitlines()[0].rstrip(":. ")
     return None
 
 
