@@ -8,26 +8,18 @@ checkpoint fails loudly instead of leaving random weights behind.
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 import zipfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from fusioncam.models.bert import TextConfig
-from fusioncam.models.blip import BlipCaptionConfig, BlipITM, BlipITMConfig
-from fusioncam.models.efficient_sam import EfficientSamConfig, ImageEncoderConfig, MaskDecoderConfig
-from fusioncam.models.fusion import BlipFusionITM, FusionConfig
-from fusioncam.models.vit import VisionConfig
+from fusioncam.models.layers import resample_position_embedding
 
 
 class CheckpointError(ValueError):
@@ -174,24 +166,6 @@ def _read_zipped_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a valid zip archive ({error})") from error
 
 
-def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
-    """Bicubically resample a [1, prefix + h·w, D] position embedding to `grid`, keeping prefix tokens.
-
-    The source grid is assumed square, as in every BLIP checkpoint.
-    """
-    prefix, patches = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
-    side = round(patches.shape[1] ** 0.5)
-    if side * side != patches.shape[1]:
-        raise CheckpointError(f"position embedding of {patches.shape[1]} patches is not a square grid")
-    if (side, side) == tuple(grid):
-        return pos_embed
-    width = patches.shape[-1]
-    patches = patches.reshape(1, side, side, width).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches.float(), size=grid, mode="bicubic", align_corners=False)
-    patches = patches.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], width).to(pos_embed.dtype)
-    return torch.cat([prefix, patches], dim=1)
-
-
 def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
     """`load_state_dict(strict=True)` with an error that lists what is missing, unexpected or mis-shaped."""
     expected = model.state_dict()
@@ -241,85 +215,12 @@ def _load_blip(
     converted, ignored = layouts[layout].convert(state_dict)
     key = "vision_encoder.pos_embed"
     if key in converted:
-        converted[key] = resize_pos_embed(converted[key], model.vision_encoder.grid_size)
+        try:
+            converted[key] = resample_position_embedding(converted[key], model.vision_encoder.grid_size)
+        except ValueError as error:
+            raise CheckpointError(f"{source}: {key}: {error}") from error
     load_strict(model, converted, source)
     return ignored
-
-
-def _lavis_vision_config(vision: Mapping[str, object]) -> VisionConfig:
-    """LAVIS `VisionTransformerEncoder` keyword arguments → our ViT config."""
-    return VisionConfig(
-        image_size=vision["image_size"],
-        patch_size=vision["patch_size"],
-        width=vision["embed_dim"],
-        depth=vision["depth"],
-        num_heads=vision["num_heads"],
-        mlp_ratio=vision.get("mlp_ratio", 4.0),
-        qkv_bias=vision.get("qkv_bias", True),
-        layer_norm_eps=vision.get("layer_norm_eps", 1e-6),
-    )
-
-
-def _bert_text_config(text: Mapping[str, object]) -> TextConfig:
-    """A BERT `med_config.json`-style dict → our text config."""
-    return TextConfig(
-        vocab_size=text["vocab_size"],
-        hidden_size=text["hidden_size"],
-        num_layers=text["num_hidden_layers"],
-        num_heads=text["num_attention_heads"],
-        intermediate_size=text["intermediate_size"],
-        max_position_embeddings=text["max_position_embeddings"],
-        layer_norm_eps=text.get("layer_norm_eps", 1e-12),
-        encoder_width=text["encoder_width"],
-        pad_token_id=text.get("pad_token_id", 0),
-    )
-
-
-def lavis_blip_itm_config(
-    vision: Mapping[str, object], text: Mapping[str, object], embed_dim: int, max_txt_len: int
-) -> BlipITMConfig:
-    """Our config from LAVIS's: ViT keyword arguments and a BERT `med_config.json`-style dict."""
-    return BlipITMConfig(_lavis_vision_config(vision), _bert_text_config(text), embed_dim, max_txt_len)
-
-
-def lavis_blip_caption_config(
-    vision: Mapping[str, object], text: Mapping[str, object], prompt: str, max_txt_len: int
-) -> BlipCaptionConfig:
-    """Our captioner config from LAVIS's `BlipCaption` settings."""
-    return BlipCaptionConfig(_lavis_vision_config(vision), _bert_text_config(text), prompt, max_txt_len)
-
-
-def hf_blip_itm_config(config: Mapping[str, Mapping[str, object]], max_txt_len: int = 35) -> BlipITMConfig:
-    """Our config from a Hugging Face `BlipConfig` dict (`config.json`), keeping its own LayerNorm eps.
-
-    transformers' vision tower defaults to eps 1e-5 (LAVIS: 1e-6); the value the file says is the one its
-    weights were converted for, so it is taken as is.
-    """
-    vision, text = config["vision_config"], config["text_config"]
-    return BlipITMConfig(
-        vision=VisionConfig(
-            image_size=vision.get("image_size", 384),
-            patch_size=vision.get("patch_size", 16),
-            width=vision["hidden_size"],
-            depth=vision["num_hidden_layers"],
-            num_heads=vision["num_attention_heads"],
-            mlp_ratio=vision["intermediate_size"] / vision["hidden_size"],
-            layer_norm_eps=vision.get("layer_norm_eps", 1e-5),
-        ),
-        text=TextConfig(
-            vocab_size=text["vocab_size"],
-            hidden_size=text["hidden_size"],
-            num_layers=text["num_hidden_layers"],
-            num_heads=text["num_attention_heads"],
-            intermediate_size=text["intermediate_size"],
-            max_position_embeddings=text.get("max_position_embeddings", 512),
-            layer_norm_eps=text.get("layer_norm_eps", 1e-12),
-            encoder_width=text.get("encoder_hidden_size", vision["hidden_size"]),
-            pad_token_id=text.get("pad_token_id", 0),
-        ),
-        embed_dim=config.get("image_text_hidden_size", 256),
-        max_txt_len=max_txt_len,
-    )
 
 
 # DIFNet's `DifnetEncoder` state dict (mrwu-mac/DIFNet) → `fusioncam.models.difnet.DifnetEncoder`.
@@ -376,45 +277,6 @@ def load_efficient_sam_weights(
     pre-training grid: the model resamples it on every call, as the original does.
     """
     load_strict(model, state_dict, source)
-
-
-def efficient_sam_config(architecture: Mapping[str, object]) -> EfficientSamConfig:
-    """Our config from the names of the original `build_efficient_sam`; absent names take its constants.
-
-    The original's `encoder_neck_dims` sizes both neck convolutions by its first entry and declares the last as the
-    output width, so the entries must agree; only GELU was ever released.
-    """
-    official = EfficientSamConfig()
-    encoder, decoder = official.encoder, official.decoder
-    neck_dims = list(architecture.get("encoder_neck_dims", [encoder.neck_dim]))
-    if len(set(neck_dims)) != 1:
-        raise ValueError(f"encoder_neck_dims {neck_dims}: the original model only works with equal entries")
-    if architecture.get("activation", "gelu") != "gelu":
-        raise ValueError(f"activation {architecture['activation']!r} is not supported: EfficientSAM uses gelu")
-    return EfficientSamConfig(
-        encoder=ImageEncoderConfig(
-            image_size=architecture.get("img_size", encoder.image_size),
-            patch_size=architecture.get("encoder_patch_size", encoder.patch_size),
-            width=architecture.get("encoder_patch_embed_dim", encoder.width),
-            depth=architecture.get("encoder_depth", encoder.depth),
-            num_heads=architecture.get("encoder_num_heads", encoder.num_heads),
-            mlp_ratio=architecture.get("encoder_mlp_ratio", encoder.mlp_ratio),
-            neck_dim=neck_dims[0],
-        ),
-        decoder=MaskDecoderConfig(
-            transformer_depth=architecture.get("decoder_transformer_depth", decoder.transformer_depth),
-            transformer_mlp_dim=architecture.get("decoder_transformer_mlp_dim", decoder.transformer_mlp_dim),
-            num_heads=architecture.get("decoder_num_heads", decoder.num_heads),
-            attention_downsample_rate=architecture.get("attention_downsample_rate", decoder.attention_downsample_rate),
-            num_multimask_outputs=architecture.get("num_multimask_outputs", decoder.num_multimask_outputs),
-            iou_head_depth=architecture.get("iou_head_depth", decoder.iou_head_depth),
-            iou_head_hidden_dim=architecture.get("iou_head_hidden_dim", decoder.iou_head_hidden_dim),
-            upscaling_dims=tuple(architecture.get("decoder_upscaling_layer_dims", decoder.upscaling_dims)),
-        ),
-        max_num_points=architecture.get("decoder_max_num_input_points", official.max_num_points),
-        pixel_mean=tuple(architecture.get("pixel_mean", official.pixel_mean)),
-        pixel_std=tuple(architecture.get("pixel_std", official.pixel_std)),
-    )
 
 
 # UnifiedQA / T5: transformers' `T5ForConditionalGeneration` names are used as they are. Checkpoints saved by old
@@ -511,67 +373,3 @@ def load_blip_caption_weights(
     for group in CAPTION_TIED_KEYS:
         state_dict = drop_tied(state_dict, group, source)
     return _load_blip(model, state_dict, BLIP_CAPTION_LAYOUTS, layout, source)
-
-
-# The `format` metadata of a fusion checkpoint; the number changes when the file's meaning does.
-FUSION_FORMAT = "fusioncam.blip-sam-fusion/1"
-
-# Fusion checkpoints: one safetensors file whose header metadata (string → string) says what the tensors are:
-#   format             FUSION_FORMAT
-#   fusion_config      FusionConfig as JSON
-#   blip_preset        name of the BLIP ITM preset the fusion was trained on
-#   sam_preset         name of the EfficientSAM preset whose embeddings it was trained on
-#   blip_architecture  JSON fingerprint of that BLIP's ViT (`blip_fingerprint`)
-# Metadata in the header rather than a sidecar file: the file cannot travel without it.
-
-
-def blip_fingerprint(config: BlipITMConfig) -> dict[str, Any]:
-    """The BLIP architecture a fusion is wired to: the ViT whose tokens it reads and adds to."""
-    vision = config.vision
-    return {
-        "width": vision.width,
-        "grid": list(vision.grid_size),
-        "image_size": vision.image_size,
-        "patch_size": vision.patch_size,
-        "depth": vision.depth,
-        "num_heads": vision.num_heads,
-    }
-
-
-def save_fusion(path: str | Path, model: BlipFusionITM, blip_preset: str, sam_preset: str) -> None:
-    """Write the fusion's parameters (not BLIP's) and config to a safetensors file, naming the presets it fits."""
-    tensors = {key: value.detach().cpu().contiguous() for key, value in model.fusion.state_dict().items()}
-    metadata = {
-        "format": FUSION_FORMAT,
-        "fusion_config": json.dumps(asdict(model.fusion.config), sort_keys=True),
-        "blip_preset": blip_preset,
-        "sam_preset": sam_preset,
-        "blip_architecture": json.dumps(blip_fingerprint(model.config), sort_keys=True),
-    }
-    save_file(tensors, str(path), metadata=metadata)
-
-
-def load_fusion(path: str | Path, blip_model: BlipITM, blip_preset: str, sam_preset: str) -> BlipFusionITM:
-    """The fusion in `path` on top of `blip_model`, refused unless they are the presets (and BLIP architecture)
-    it was trained on; every fusion parameter must be in the file and nothing else.
-    """
-    with safe_open(str(path), framework="pt") as file:
-        metadata = file.metadata() or {}
-    if metadata.get("format") != FUSION_FORMAT:
-        raise CheckpointError(f"{path}: not a fusioncam fusion checkpoint (format {metadata.get('format')!r})")
-    trained = (metadata["blip_preset"], metadata["sam_preset"])
-    if trained != (blip_preset, sam_preset):
-        raise CheckpointError(
-            f"{path} was trained on BLIP {trained[0]!r} with EfficientSAM {trained[1]!r}, not on BLIP "
-            f"{blip_preset!r} with EfficientSAM {sam_preset!r}: a fusion only fits the frozen models it was trained "
-            "with; use those presets or train a fusion for these"
-        )
-    expected, given = json.loads(metadata["blip_architecture"]), blip_fingerprint(blip_model.config)
-    if expected != given:
-        raise CheckpointError(
-            f"{path} was trained on BLIP {blip_preset!r} with the ViT {expected}, but the model given as "
-            f"{blip_preset!r} has {given}: is the preset definition the one the fusion was trained with?"
-        )
-    model = BlipFusionITM(blip_model, FusionConfig.from_dict(json.loads(metadata["fusion_config"])))
-    load_strict(model.fusion, load_file(str(path)), str(path))
-    return model

@@ -367,6 +367,54 @@ def _as_preset(preset: Preset | str) -> Preset:
     return preset if isinstance(preset, Preset) else get_preset(preset)
 
 
+# --- writing presets ------------------------------------------------------------------------------------------
+# Beside the parser, so that the schema has one owner: what is written here is what `_parse_preset` reads.
+
+
+def preset_toml(table: Mapping[str, Any]) -> str:
+    """A preset table — or a registry, a table of preset tables — as the TOML `get_preset` / `load_registry` read.
+
+    The top-level keys come first, then one `[a.b]` section per sub-table; a table holding only sub-tables gets no
+    header of its own (TOML defines it implicitly). Values are scalars and lists of them.
+    """
+    sections: list[str] = []
+
+    def add(values: Mapping[str, Any], name: str) -> None:
+        lines = [f"{key} = {_toml_value(value)}" for key, value in values.items() if not isinstance(value, dict)]
+        tables = {key: value for key, value in values.items() if isinstance(value, dict)}
+        if lines or not tables:
+            sections.append("\n".join(([f"[{name}]"] if name else []) + lines))
+        for key, value in tables.items():
+            add(value, f"{name}.{key}" if name else key)
+
+    add(table, "")
+    return "\n\n".join(sections) + "\n"
+
+
+def write_preset(path: Path, table: Mapping[str, Any]) -> None:
+    """Write one preset file (`get_preset(path)` reads it, named after the file's stem).
+
+    Keys the parser does not know are refused here, when the preset is made, rather than when someone loads it.
+    """
+    where = str(path)
+    _check_keys(table, _PRESET_KEYS, where)
+    for role, spec in _table(table, "files", where).items():
+        _check_keys(spec, _FILE_KEYS, f"{where} files.{role}")
+    path.write_text(preset_toml(table), encoding="utf-8")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
 # --- cache and resolution --------------------------------------------------------------------------------------
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from converters import lavis_blip_itm_config
 from refcase import Case
 
-from fusioncam.checkpoints import lavis_blip_itm_config, load_blip_itm_weights, read_state_dict
+from fusioncam.checkpoints import load_blip_itm_weights, read_state_dict
 from fusioncam.explain.gradcam import compute_gradcam
 from fusioncam.models.blip import BlipITM
 from fusioncam.text import BlipTokenizer

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from converters import lavis_blip_caption_config
 from refcase import Case
 
-from fusioncam.checkpoints import lavis_blip_caption_config, load_blip_caption_weights, read_state_dict
+from fusioncam.checkpoints import load_blip_caption_weights, read_state_dict
 from fusioncam.models.blip import BlipCaption, caption_loss
 from fusioncam.models.decoding import DecodingConfig
 from fusioncam.text import BlipTokenizer

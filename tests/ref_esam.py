@@ -7,9 +7,10 @@ are made by.
 from __future__ import annotations
 
 import torch
+from converters import efficient_sam_config
 from refcase import Case
 
-from fusioncam.checkpoints import efficient_sam_config, load_efficient_sam_weights, read_state_dict
+from fusioncam.checkpoints import load_efficient_sam_weights, read_state_dict
 from fusioncam.models.efficient_sam import EfficientSam, ImageEmbedding, ImageEncoderViT
 
 

@@ -8,9 +8,10 @@ float64 for are checked at `Case.atol`, the rule the other cases' tolerances are
 from __future__ import annotations
 
 import torch
+from converters import efficient_sam_config
 from refcase import Case
 
-from fusioncam.checkpoints import efficient_sam_config, load_efficient_sam_weights, read_state_dict
+from fusioncam.checkpoints import load_efficient_sam_weights, read_state_dict
 from fusioncam.explain.refine import (
     blend_mask,
     fit_size,

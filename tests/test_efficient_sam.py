@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from converters import efficient_sam_config
 
-from fusioncam.checkpoints import CheckpointError, efficient_sam_config, load_efficient_sam_weights, read_state_dict
+from fusioncam.checkpoints import CheckpointError, load_efficient_sam_weights, read_state_dict
 from fusioncam.models.efficient_sam import EfficientSam, EfficientSamConfig, ImageEncoderConfig, MaskDecoderConfig
 
 MANIFESTS = {"vitt": "efficient_sam_vitt.json", "vits": "efficient_sam_vits.json"}

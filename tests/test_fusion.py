@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from fusioncam.checkpoints import CheckpointError, load_fusion, save_fusion
+from fusioncam.checkpoints import CheckpointError
 from fusioncam.explain.gradcam import compute_gradcam
+from fusioncam.fusion_checkpoint import load_fusion, save_fusion
 from fusioncam.models.blip import BlipITM, BlipITMConfig
 from fusioncam.models.difnet import DifnetEncoder
 from fusioncam.models.fusion import BlipFusionITM, FusionConfig

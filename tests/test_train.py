@@ -18,11 +18,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import fusioncam
-from fusioncam.checkpoints import load_fusion
+from fusioncam.fusion_checkpoint import load_fusion
 from fusioncam.models.blip import BlipITM, BlipITMConfig
 from fusioncam.models.efficient_sam import EfficientSam, EfficientSamConfig
 from fusioncam.synth import VOCABULARY, SynthSummary, generate
-from fusioncam.train import TrainConfig, to_toml, train
+from fusioncam.train import TrainConfig, train
+from fusioncam.weights import preset_toml
 
 # 32² images in 8² patches: a 4×4 grid of 32-wide tokens; the vocabulary is the synthetic one plus [DEC], [ENC].
 TINY_BLIP = {
@@ -61,7 +62,7 @@ def _preset(path: Path, dataset: SynthSummary, checkpoint: str | None = None) ->
     files = {"vocab": {"path": str(dataset.vocab_txt)}}
     if checkpoint is not None:
         files["checkpoint"] = {"path": checkpoint}
-    path.write_text(to_toml({"kind": "blip-itm", "layout": "fusioncam", "config": TINY_BLIP, "files": files}))
+    path.write_text(preset_toml({"kind": "blip-itm", "layout": "fusioncam", "config": TINY_BLIP, "files": files}))
     return path
 
 
@@ -91,7 +92,7 @@ def test_itm_from_scratch_writes_a_preset_that_loads(
     dataset: SynthSummary, scratch_preset: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    result = train(_config(dataset, scratch_preset, out), progress=False)
+    result = train(_config(dataset, scratch_preset, out))
 
     assert sorted(path.name for path in out.iterdir()) == [
         "checkpoint-4.pt",
@@ -122,12 +123,12 @@ def test_from_scratch_only_when_asked_and_only_without_weights(
     dataset: SynthSummary, scratch_preset: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(ValueError, match=r"has no weights .* pass from_scratch=True"):
-        train(_config(dataset, scratch_preset, tmp_path / "a", from_scratch=False), progress=False)
+        train(_config(dataset, scratch_preset, tmp_path / "a", from_scratch=False))
     weights = tmp_path / "weights.safetensors"
     save_file(BlipITM(BlipITMConfig.from_dict(TINY_BLIP)).state_dict(), str(weights))
     with_weights = _preset(tmp_path / "trained.toml", dataset, str(weights))
     with pytest.raises(ValueError, match=r"has weights .* Drop from_scratch to fine-tune"):
-        train(_config(dataset, with_weights, tmp_path / "b"), progress=False)
+        train(_config(dataset, with_weights, tmp_path / "b"))
 
 
 def test_resume_ends_with_the_weights_of_an_uninterrupted_run(
@@ -136,12 +137,12 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(
     # 6 steps of 4 pairs out of 16: the run crosses an epoch (new order) and the warm-up, and the resumed part
     # starts mid-epoch.
     whole = _config(dataset, scratch_preset, tmp_path / "whole", steps=6, checkpoint_every=3, seed=5)
-    train(whole, progress=False)
+    train(whole)
     checkpoint = tmp_path / "whole" / "checkpoint-3.pt"
     assert torch.load(checkpoint, weights_only=True)["step"] == 3
 
     resumed = _config(dataset, scratch_preset, tmp_path / "resumed", steps=6, seed=5, resume=checkpoint)
-    train(resumed, progress=False)
+    train(resumed)
 
     expected, got = (
         load_file(tmp_path / "whole" / "model.safetensors"),
@@ -155,7 +156,7 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(
     assert drop_time == [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in resumed_metrics]
 
     with pytest.raises(ValueError, match=r"other settings.*seed: 5 → 6"):
-        train(_config(dataset, scratch_preset, tmp_path / "other", steps=6, seed=6, resume=checkpoint), progress=False)
+        train(_config(dataset, scratch_preset, tmp_path / "other", steps=6, seed=6, resume=checkpoint))
 
 
 def _free_port() -> int:
@@ -187,7 +188,7 @@ def test_torchrun_splits_the_data_gathers_itc_negatives_and_writes_from_rank_0(
     # One process with the whole global batch (2 × 3) sees the same pairs at step 0, and its ITC is the same:
     # each rank's ITC had the other rank's features as negatives.
     single_out = tmp_path / "single"
-    single = train(_config(dataset, scratch_preset, single_out, steps=1, batch_size=6, record=True), progress=False)
+    single = train(_config(dataset, scratch_preset, single_out, steps=1, batch_size=6, record=True))
     assert json.loads((single_out / "rank-0.json").read_text())["samples"]["0"] == (
         ranks[0]["samples"]["0"] + ranks[1]["samples"]["0"]
     )
@@ -211,7 +212,7 @@ def fusion_presets(tmp_path: Path, dataset: SynthSummary) -> tuple[Path, Path]:
     sam_preset = tmp_path / "tiny-sam.toml"
     sam_files = {"checkpoint": {"path": "sam.safetensors"}}
     sam_preset.write_text(
-        to_toml({"kind": "efficient-sam", "layout": "efficient-sam", "config": TINY_SAM, "files": sam_files})
+        preset_toml({"kind": "efficient-sam", "layout": "efficient-sam", "config": TINY_SAM, "files": sam_files})
     )
     return _preset(tmp_path / "tiny-blip.toml", dataset, "blip.safetensors"), sam_preset
 
@@ -233,7 +234,7 @@ def test_fusion_trains_the_gate_and_leaves_blip_alone(
         warmup_steps=0,
         cache_sam=True,
     )
-    result = train(config, progress=False)
+    result = train(config)
 
     blip = fusioncam.load(str(blip_preset), device="cpu").model
     trained = result.model

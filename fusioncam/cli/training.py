@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from fusioncam.cli import options
-from fusioncam.cli.common import check_device, fail, stderr, usage_error
+from fusioncam.cli.common import check_device, fail, progress, stderr, usage_error
 from fusioncam.cli.loaders import sam_preset_name
+
+if TYPE_CHECKING:
+    from fusioncam.train import StepCallback
 
 
 def synth(
@@ -137,10 +143,30 @@ def train(
     except ValueError as error:
         raise usage_error(str(error)) from None
     try:
-        result = train_lib.train(config, progress=not quiet)
+        with training_progress(what, steps, quiet) as on_step:
+            result = train_lib.train(config, progress=on_step)
     except weights_lib.PresetError as error:
         raise usage_error(str(error)) from None
     except (weights_lib.WeightsError, ValueError, OSError) as error:
         raise fail(error) from None
     if result.last is not None:
         print(json.dumps({"out": str(result.out), "weights": str(result.weights)} | result.last))
+
+
+@contextmanager
+def training_progress(what: str, steps: int, quiet: bool = False) -> Iterator[StepCallback]:
+    """A bar over a run's steps, and the callback for `train(progress=...)` that moves it.
+
+    Under torchrun every rank runs this command, and only rank 0 draws (the others would show a bar that never
+    moves). The bar counts steps done, so a resumed run's first report moves it past the checkpoint's steps at once.
+    """
+    with progress(f"train {what}", steps, quiet or int(os.environ.get("RANK", "0")) != 0) as bar:
+        shown = 0
+
+        def on_step(record: dict[str, float]) -> None:
+            nonlocal shown
+            done = int(record["step"]) + 1
+            bar.advance(done - shown)
+            shown = done
+
+        yield on_step

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusioncam.models.architectures import architecture
 from fusioncam.models.bert import DecoderCache, TextConfig, TextDecoder, TextEncoder, TextEncoderOutput
 from fusioncam.models.config import merge_config
-from fusioncam.models.decoding import DecodingConfig, generate
+from fusioncam.models.decoding import DecodingConfig, decode
 from fusioncam.models.vit import VisionConfig, VisionTransformer
 
 
@@ -39,15 +40,8 @@ class BlipITMConfig:
 
     @classmethod
     def preset(cls, name: str) -> BlipITMConfig:
-        """The official architectures: `base` (ViT-B/16) and `large` (ViT-L/16), both with BERT-base text."""
-        if name == "base":
-            return cls()
-        if name == "large":
-            return cls(
-                vision=VisionConfig(width=1024, depth=24, num_heads=16),
-                text=TextConfig(encoder_width=1024),
-            )
-        raise ValueError(f"unknown BLIP ITM architecture {name!r}: expected 'base' or 'large'")
+        """An official architecture (`base`: ViT-B/16, `large`: ViT-L/16; see `models.architectures`)."""
+        return merge_config(cls(), architecture("blip-itm", name))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], base: BlipITMConfig | None = None) -> BlipITMConfig:
@@ -120,8 +114,8 @@ class BlipITM(nn.Module):
 class BlipCaptionConfig:
     """BLIP's captioner: ViT + causal BERT decoder; captions start with `prompt` (LAVIS: "a picture of ")."""
 
-    vision: VisionConfig = field(default_factory=lambda: VisionConfig(width=1024, depth=24, num_heads=16))
-    text: TextConfig = field(default_factory=lambda: TextConfig(encoder_width=1024))
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     prompt: str = "a picture of "
     max_txt_len: int = 40
 
@@ -133,12 +127,8 @@ class BlipCaptionConfig:
 
     @classmethod
     def preset(cls, name: str) -> BlipCaptionConfig:
-        """`large` (ViT-L/16, the PNP-VQA captioner) or `base` (ViT-B/16)."""
-        if name == "large":
-            return cls()
-        if name == "base":
-            return cls(vision=VisionConfig(), text=TextConfig())
-        raise ValueError(f"unknown BLIP caption architecture {name!r}: expected 'base' or 'large'")
+        """An official architecture (`large`: ViT-L/16, the PNP-VQA captioner; `base`: ViT-B/16)."""
+        return merge_config(cls(), architecture("blip-caption", name))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], base: BlipCaptionConfig | None = None) -> BlipCaptionConfig:
@@ -180,12 +170,20 @@ class BlipCaption(nn.Module):
         config: DecodingConfig,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Captions for image tokens [B, N, D] (any N: whole images or sampled patches), prompt ids [B, P]."""
-        cache = self.text_decoder.new_cache()
-        return generate(self._step, cache, image_embeds, prompt_ids, eos_id, pad_id, config, generator)
+        """Captions for image tokens [B, N, D] (any N: whole images or sampled patches) as ids [B, ≤ max_length].
 
-    def _step(self, new_ids, attention_mask, image_embeds, cache) -> torch.Tensor:
-        return self.logits(image_embeds, new_ids, attention_mask, cache)
+        `prompt_ids` [B, P] start with `[DEC]`; `max_length` and `min_length` count the prompt, as in LAVIS. Unlike
+        LAVIS (whose decoder never receives its cache under transformers ≥ 4.27 and re-runs the whole prefix every
+        step) the decoder keeps a key/value cache, which gives the same tokens up to float rounding.
+        """
+        cache = self.text_decoder.new_cache()
+        context = image_embeds.repeat_interleave(config.rows_per_sample, dim=0)
+
+        def next_logits(sequences: torch.Tensor) -> torch.Tensor:
+            uncached = sequences[:, cache.length :]  # the prompt on the first step, then the token just chosen
+            return self.logits(context, uncached, torch.ones_like(sequences), cache)[:, -1].float()
+
+        return decode(next_logits, cache.reorder, prompt_ids, eos_id, pad_id, config, generator)
 
 
 def caption_loss(

@@ -1,14 +1,15 @@
-"""Token-by-token decoding: the search loops shared by BLIP's caption decoder and the T5 answerer, and BLIP's rules.
+"""Search loops that turn a next-token scorer into token ids: greedy, sampling and beam search, for any model.
 
-Both models must give the tokens their LAVIS originals got from `transformers.generate` 4.33, so the loops follow it:
-`token_by_token` is its greedy / sampling loop (a finished row is padded with `pad_id` while the others go on) and
-`beam_search` its `BeamSearchScorer`. The models only say how to score the next token — a step function over the
-sequences so far — and keep their own caches.
+A model takes part through one function from the sequences so far [N, T] to float scores of the next token
+[N, vocab]; it keeps its own cache, which beam search tells it how to reorder. Prompts, caches and the meaning of
+the special tokens stay with the model (`BlipCaption.generate`, `FusionInDecoderQA.generate`).
 
-For BLIP (`generate`): `max_length` and `min_length` count the prompt; below `min_length` the end token is
-forbidden; the repetition penalty divides positive and multiplies negative scores of tokens already in the sequence.
-Unlike LAVIS (whose decoder never receives its cache under transformers ≥ 4.27 and re-runs the whole prefix every
-step) the decoder keeps a key/value cache, which gives the same tokens up to float rounding.
+The captioner and the answerer must give the tokens that LAVIS got from `transformers.generate` under the version
+it pins (4.33), so the selection rules are that version's, written here over batched tensors: lengths count every
+token of the sequence, start tokens included; the minimum length forbids the end token; the repetition penalty
+divides positive and multiplies negative scores of tokens already present; beam search ranks finished hypotheses
+by summed log-probability / length**length_penalty. Later transformers releases changed several of these rules
+(how a hypothesis is measured, when a sample stops), which is why the loops are ours.
 """
 
 from __future__ import annotations
@@ -18,15 +19,19 @@ from dataclasses import dataclass
 
 import torch
 
-from fusioncam.models.bert import DecoderCache
+# sequences so far [N, T] -> scores of the next token [N, vocab]
+NextScores = Callable[[torch.Tensor], torch.Tensor]
+# rows [N]: row i of the next step extends row rows[i] of this one
+Reorder = Callable[[torch.Tensor], None]
 
-# step(new_ids [B, n], attention_mask [B, T], image_embeds, cache) -> logits [B, n, V]
-StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, DecoderCache], torch.Tensor]
+# The starting score of the beams that must not be extended yet. The value is observable: their extensions still
+# fill the 2K candidates, and can finish or run on when a step has fewer real ones. It is transformers' value.
+_DEAD_BEAM = -1e9
 
 
 @dataclass(frozen=True)
 class DecodingConfig:
-    """How to pick tokens. `strategy`: "greedy", "beam" or "sample"."""
+    """How to pick tokens. `strategy`: "greedy", "beam" or "sample"; lengths count the start tokens."""
 
     strategy: str = "greedy"
     max_length: int = 20
@@ -46,31 +51,82 @@ class DecodingConfig:
         if not 0 < self.top_p <= 1 or self.top_k < 0 or self.temperature <= 0 or self.num_beams < 1:
             raise ValueError("need 0 < top_p <= 1, top_k >= 0, temperature > 0 and num_beams >= 1")
 
+    @property
+    def rows_per_sample(self) -> int:
+        """Rows the scorer sees for each sample: its beams, so per-sample context must be repeated this often."""
+        return self.num_beams if self.strategy == "beam" else 1
+
+
+def decode(
+    next_logits: NextScores,
+    reorder: Reorder,
+    start_ids: torch.Tensor,
+    eos_id: int,
+    pad_id: int,
+    config: DecodingConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Continue `start_ids` [B, P] with the strategy `config` names; returns ids [B, ≤ max_length], start included.
+
+    `next_logits` gives raw float logits of the next token; the minimum length and repetition penalty are applied
+    here, to the log-probabilities in beam search and to the logits otherwise (where transformers applies them).
+    Beam search with one beam is greedy decoding, as transformers routes it.
+    """
+    if config.strategy == "beam" and config.num_beams > 1:
+
+        def next_log_probs(sequences: torch.Tensor) -> torch.Tensor:
+            return adjust_scores(next_logits(sequences).log_softmax(-1), sequences, config, eos_id)
+
+        beams, limit = config.num_beams, config.max_length
+        return beam_search(next_log_probs, reorder, start_ids, beams, limit, eos_id, pad_id, config.length_penalty)
+
+    def next_token(sequences: torch.Tensor) -> torch.Tensor:
+        scores = adjust_scores(next_logits(sequences), sequences, config, eos_id)
+        if config.strategy == "sample":
+            return sample_tokens(scores / config.temperature, config.top_k, config.top_p, generator)
+        return scores.argmax(-1)
+
+    return token_by_token(next_token, start_ids, config.max_length, eos_id, pad_id)
+
 
 def adjust_scores(scores: torch.Tensor, sequences: torch.Tensor, config: DecodingConfig, eos_id: int) -> torch.Tensor:
-    """Minimum length and repetition penalty, applied to next-token scores [B, V] of sequences [B, T]."""
-    scores = scores.clone()
+    """Next-token scores [B, V] of `sequences` [B, T] with the minimum length and the repetition penalty applied.
+
+    The penalty pushes every token already present towards less likely whatever the sign of its score: a positive
+    score shrinks, a negative one grows in magnitude. Each token counts once, however often it occurred.
+    """
     if sequences.shape[1] < config.min_length:
-        scores[:, eos_id] = -float("inf")
-    if config.repetition_penalty != 1.0:
-        seen = scores.gather(1, sequences)
-        penalized = torch.where(seen < 0, seen * config.repetition_penalty, seen / config.repetition_penalty)
-        scores.scatter_(1, sequences, penalized)
-    return scores
+        scores = scores.index_fill(1, torch.tensor([eos_id], device=scores.device), -float("inf"))
+    if config.repetition_penalty == 1.0:
+        return scores
+    present = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, sequences, True)
+    penalised = torch.where(scores > 0, scores / config.repetition_penalty, scores * config.repetition_penalty)
+    return torch.where(present, penalised, scores)
 
 
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set to −inf every logit outside the `top_k` best and outside the smallest set holding `top_p` of the mass."""
+    """Set to −inf every logit outside the `top_k` best and outside the smallest set holding `top_p` of the mass.
+
+    A logit tied with the k-th best stays in. `top_k=0` and `top_p=1` switch the respective filter off.
+    """
+    outside = torch.zeros_like(logits, dtype=torch.bool)
     if top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, -float("inf"))
+        kth_best = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        outside |= logits < kth_best
     if top_p < 1.0:
-        ascending, order = logits.sort(dim=-1)
-        cumulative = ascending.softmax(-1).cumsum(-1)
-        remove = cumulative <= 1 - top_p
-        remove[..., -1] = False  # always keep the best token
-        logits = logits.masked_fill(remove.scatter(-1, order, remove), -float("inf"))
-    return logits
+        outside |= _outside_nucleus(logits.masked_fill(outside, -float("inf")), top_p)
+    return logits.masked_fill(outside, -float("inf"))
+
+
+def _outside_nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """True for the tokens beyond the nucleus: walking from the most probable token down, a token belongs to the
+    nucleus while the tokens above it hold less than `top_p` of the probability. The best token always belongs.
+
+    Of equally probable tokens at the edge the lower id goes in first (transformers leaves that to an unstable sort).
+    """
+    probs, order = logits.softmax(-1).sort(dim=-1, descending=True, stable=True)
+    mass_above = probs.cumsum(-1) - probs
+    return torch.zeros_like(order, dtype=torch.bool).scatter_(-1, order, mass_above >= top_p)
 
 
 def sample_tokens(
@@ -87,51 +143,6 @@ def sample_tokens(
     probs = filter_top_k_top_p(logits, 0, top_p).softmax(-1)
     choice = torch.multinomial(probs, 1, generator=generator)
     return (candidates.gather(-1, choice) if top_k > 0 else choice)[:, 0]
-
-
-def generate(
-    step: StepFn,
-    cache: DecoderCache,
-    image_embeds: torch.Tensor,
-    prompt_ids: torch.Tensor,
-    eos_id: int,
-    pad_id: int,
-    config: DecodingConfig,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Continue `prompt_ids` [B, P] for each image; returns ids [B, ≤ max_length] including the prompt.
-
-    Beam search with a single beam is greedy decoding, as transformers routes it.
-    """
-
-    def next_logits(sequences: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        new = sequences[:, cache.length :]  # the prompt on the first step, then the token just chosen
-        return step(new, torch.ones_like(sequences), embeds, cache)[:, -1].float()
-
-    if config.strategy == "beam" and config.num_beams > 1:
-        beam_embeds = image_embeds.repeat_interleave(config.num_beams, dim=0)
-
-        def next_log_probs(sequences: torch.Tensor) -> torch.Tensor:
-            return adjust_scores(next_logits(sequences, beam_embeds).log_softmax(-1), sequences, config, eos_id)
-
-        return beam_search(
-            next_log_probs,
-            cache.reorder,
-            prompt_ids,
-            config.num_beams,
-            config.max_length,
-            eos_id,
-            pad_id,
-            config.length_penalty,
-        )
-
-    def next_token(sequences: torch.Tensor) -> torch.Tensor:
-        scores = adjust_scores(next_logits(sequences, image_embeds), sequences, config, eos_id)
-        if config.strategy == "sample":
-            return sample_tokens(scores / config.temperature, config.top_k, config.top_p, generator)
-        return scores.argmax(-1)
-
-    return token_by_token(next_token, prompt_ids, config.max_length, eos_id, pad_id)
 
 
 def token_by_token(
@@ -158,140 +169,179 @@ def token_by_token(
 
 
 def beam_search(
-    next_log_probs: Callable[[torch.Tensor], torch.Tensor],
-    reorder: Callable[[torch.Tensor], None],
+    next_log_probs: NextScores,
+    reorder: Reorder,
     start_ids: torch.Tensor,
     num_beams: int,
     max_length: int,
     eos_id: int,
     pad_id: int,
     length_penalty: float = 1.0,
+    *,
+    early_stopping: bool | str = False,
+    num_return_sequences: int = 1,
 ) -> torch.Tensor:
-    """Beam search as transformers 4.33 runs it (`BeamSearchScorer`, `early_stopping=False`).
+    """Beam search with transformers 4.33's rules; returns [B · num_return_sequences, ≤ max_length].
 
     `next_log_probs(sequences [B·K, T])` scores the next token of every beam [B·K, V]: the log-softmax of the logits,
-    then whatever the caller adjusts (minimum length, repetition penalty — transformers applies its processors to
-    the log-probabilities here). The K beams of sample b are rows b·K … b·K + K − 1, so the caller repeats per-sample
-    context (image tokens, encoder states) with `repeat_interleave(K)`. After each step `reorder(rows [B·K])` must
-    make the caller's cache follow the beams: row i now extends former row `rows[i]`, always a row of the same
-    sample, so the per-sample context never needs reordering.
+    then whatever the caller adjusts. The K beams of sample b are rows b·K … b·K + K − 1, so the caller repeats
+    per-sample context with `repeat_interleave(K)`. After each step `reorder(rows [B·K])` must make the caller's
+    cache follow the beams; `rows` never leaves a sample, so per-sample context never needs reordering.
 
-    The rules that decide which tokens come out: each step ranks the top 2K (token, beam) candidates by summed
-    log-probability; a candidate ending in eos becomes a finished hypothesis only if it ranks among the top K, and
-    the K best other candidates run on. Hypotheses are scored by their summed log-probability / length**penalty,
-    where the length counts the start tokens but not the closing eos. A sample stops once it holds K finished
-    hypotheses and the best candidate of the step, scored at the length the step reached, cannot beat the worst of
-    them (4.26 scored it at the length before the step and stopped earlier; LAVIS pins 4.33); at `max_length` the
-    running beams compete as they are.
-
-    Returns [B, ≤ max_length]: each sample's best hypothesis, then eos where the width allows, then `pad_id`.
+    Each step ranks the 2K best (beam, token) extensions by summed log-probability. An extension ending in eos
+    finishes a hypothesis if it ranks among the first K (see `FinishedBeams` for which ones are kept); the first K
+    others become the next beams. A sample stops once `_settled` says its finished hypotheses cannot change; one
+    that reaches `max_length` adds its open beams as they are. Each sample returns its `num_return_sequences` best
+    hypotheses, then eos where the width allows, then `pad_id`, the width being one more than the longest (at most
+    `max_length`).
     """
-    batch, device = len(start_ids), start_ids.device
+    batch, start_length = start_ids.shape
+    if start_length >= max_length:
+        raise ValueError(f"start ids of length {start_length} leave no room below max_length {max_length}")
+    if not 1 <= num_return_sequences <= num_beams:
+        raise ValueError(f"num_return_sequences must be between 1 and num_beams, got {num_return_sequences}")
+    if early_stopping not in (True, False, "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    device = start_ids.device
+    own_rows = torch.arange(batch * num_beams, device=device).reshape(batch, num_beams)
     sequences = start_ids.repeat_interleave(num_beams, dim=0)
-    # Only the first beam of each sample is live at the start, so that the beams do not all pick the same token.
-    scores = torch.zeros(batch, num_beams, device=device)
-    scores[:, 1:] = -1e9
-    finished = [FinishedHypotheses(num_beams, length_penalty) for _ in range(batch)]
-    done = [False] * batch
-    while sequences.shape[1] < max_length:
-        log_probs = next_log_probs(sequences)
-        vocab = log_probs.shape[-1]
-        totals = (log_probs + scores.reshape(-1, 1)).reshape(batch, num_beams * vocab)
-        # Twice the beam count, so that enough candidates survive when some of them end in eos.
-        top_scores, top_index = totals.topk(2 * num_beams, dim=1)
-        picked: list[tuple[int, int, float]] = []
-        for sample in range(batch):
-            first_row = sample * num_beams
-            if done[sample]:  # a finished sample idles on padding until the others end
-                picked += [(first_row, pad_id, 0.0)] * num_beams
-                continue
-            candidates = [
-                (score, first_row + index // vocab, index % vocab)
-                for score, index in zip(top_scores[sample].tolist(), top_index[sample].tolist(), strict=True)
-            ]
-            picked += _pick_beams(candidates, sequences, finished[sample], num_beams, eos_id)
-            done[sample] = finished[sample].is_done(top_scores[sample, 0].item(), sequences.shape[1] + 1)
-        rows = torch.tensor([row for row, _, _ in picked], device=device)
-        tokens = torch.tensor([[token] for _, token, _ in picked], device=device)
-        scores = torch.tensor([score for _, _, score in picked], device=device).reshape(batch, num_beams)
-        sequences = torch.cat([sequences[rows], tokens], dim=1)
-        reorder(rows)
-        if all(done):
-            break
-    for sample in range(batch):
-        if not done[sample]:  # out of length: the open beams compete with the finished ones as they are
-            for beam in range(num_beams):
-                finished[sample].add(sequences[sample * num_beams + beam].tolist(), scores[sample, beam].item())
-    return _pad_hypotheses([hypotheses.best() for hypotheses in finished], max_length, eos_id, pad_id, device)
+    # Only the first beam is live at the start; otherwise all K beams would choose the same tokens.
+    running = torch.full((batch, num_beams), _DEAD_BEAM, device=device)
+    running[:, 0] = 0.0
+    finished = FinishedBeams.empty(batch, num_beams, max_length, length_penalty, device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    while sequences.shape[1] < max_length and not done.all():
+        scores, rows, tokens = _extensions(next_log_probs(sequences), running, own_rows)
+        ends = tokens == eos_id
+        for rank in range(num_beams):
+            finished.offer(sequences[rows[:, rank]], scores[:, rank], ends[:, rank] & ~done)
+        # A settled sample runs on with the others, but nothing it finds is offered any more.
+        kept = _first_open(ends, num_beams)
+        next_rows = rows.gather(1, kept).flatten()
+        running = scores.gather(1, kept)
+        done |= _settled(finished, scores[:, 0], sequences.shape[1] + 1, max_length, early_stopping)
+        sequences = torch.cat([sequences[next_rows], tokens.gather(1, kept).reshape(-1, 1)], dim=1)
+        reorder(next_rows)
+    for beam in range(num_beams):
+        finished.offer(sequences[own_rows[:, beam]], running[:, beam], ~done)
+    return finished.best(num_return_sequences, eos_id, pad_id)
 
 
-def _pick_beams(
-    candidates: list[tuple[float, int, int]],
-    sequences: torch.Tensor,
-    finished: FinishedHypotheses,
-    num_beams: int,
-    eos_id: int,
-) -> list[tuple[int, int, float]]:
-    """The next beams (source row, token, score) of one sample from its ranked (score, row, token) candidates.
+def _extensions(
+    log_probs: torch.Tensor, running: torch.Tensor, own_rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 2K best extensions of each sample, best first: summed scores [B, 2K], source rows and tokens.
 
-    A candidate ending in eos becomes a finished hypothesis instead, if it ranks among the top `num_beams`.
+    Twice the beam count, because up to K of them can end in eos and K open ones must remain.
     """
-    picked = []
-    for rank, (score, row, token) in enumerate(candidates):
-        if token != eos_id:
-            picked.append((row, token, score))
-            if len(picked) == num_beams:
-                break
-        elif rank < num_beams:
-            finished.add(sequences[row].tolist(), score)
-    return picked
+    batch, num_beams = running.shape
+    vocab = log_probs.shape[-1]
+    totals = (log_probs + running.reshape(-1, 1)).reshape(batch, num_beams * vocab)
+    scores, flat = totals.topk(2 * num_beams, dim=1)
+    return scores, own_rows.gather(1, flat // vocab), flat % vocab
 
 
-def _pad_hypotheses(
-    hypotheses: list[list[int]], max_length: int, eos_id: int, pad_id: int, device: torch.device
+def _first_open(ends: torch.Tensor, count: int) -> torch.Tensor:
+    """Columns [B, count] of the first `count` extensions per sample that do not end in eos, in rank order."""
+    open_ = ~ends
+    chosen = open_ & (open_.cumsum(dim=1) <= count)
+    return chosen.nonzero()[:, 1].reshape(len(ends), count)
+
+
+def _settled(
+    finished: FinishedBeams, best_score: torch.Tensor, length: int, max_length: int, early_stopping: bool | str
 ) -> torch.Tensor:
-    """Stack hypotheses (no closing eos) into [B, T], eos appended where the width allows, then padding.
+    """Samples [B] whose finished hypotheses this search will not change any more.
 
-    The width is one more than the longest hypothesis, capped at `max_length`: a hypothesis cut at the limit gets
-    no eos.
+    Never before K are finished. Then `early_stopping=True` stops at once; otherwise a sample goes on while the
+    best extension of the step (`best_score`), measured at the `length` the step reached, would beat the worst
+    finished hypothesis. "never" measures it at `max_length` instead when the length penalty favours long
+    hypotheses, which is the true bound; False is transformers' cheaper default.
     """
-    width = min(max(len(tokens) for tokens in hypotheses) + 1, max_length)
-    out = torch.full((len(hypotheses), width), pad_id, dtype=torch.long, device=device)
-    for row, tokens in enumerate(hypotheses):
-        out[row, : len(tokens)] = torch.tensor(tokens, device=device)
-        if len(tokens) < width:
-            out[row, len(tokens)] = eos_id
-    return out
+    if early_stopping is True:
+        return finished.full
+    penalty = finished.length_penalty
+    horizon = max_length if early_stopping == "never" and penalty > 0 else length
+    return finished.full & (finished.worst >= best_score.double() / horizon**penalty)
 
 
-class FinishedHypotheses:
-    """The best `size` finished hypotheses of one sample, kept and ranked as transformers 4.33 does.
+@dataclass
+class FinishedBeams:
+    """The finished hypotheses of a batch, at most K per sample, held as tensors.
 
-    A hypothesis is its tokens without the closing eos (start tokens included), scored by its summed
-    log-probability / len(tokens)**length_penalty.
+    Slot j of sample b holds `tokens[b, j, :lengths[b, j]]` (start tokens included, the closing eos left out) and its
+    score, the summed log-probability / length**length_penalty in float64 (transformers scores in Python floats, and
+    ties must fall the same way). `arrival` numbers the hypotheses in the order they came (−1: empty slot): among
+    equal scores a full sample evicts the earliest, and the final ranking puts the latest first.
     """
 
-    def __init__(self, size: int, length_penalty: float) -> None:
-        self.size = size
-        self.length_penalty = length_penalty
-        self.items: list[tuple[float, list[int]]] = []
-        self.worst = 1e9
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    scores: torch.Tensor
+    arrival: torch.Tensor
+    length_penalty: float
+    clock: int = 0
 
-    def add(self, tokens: list[int], log_prob: float) -> None:
-        score = log_prob / len(tokens) ** self.length_penalty
-        if len(self.items) < self.size or score > self.worst:
-            self.items.append((score, tokens))
-            if len(self.items) > self.size:
-                ranked = sorted((item_score, index) for index, (item_score, _) in enumerate(self.items))
-                del self.items[ranked[0][1]]
-                self.worst = ranked[1][0]
-            else:
-                self.worst = min(score, self.worst)
+    @classmethod
+    def empty(
+        cls, batch: int, size: int, max_length: int, length_penalty: float, device: torch.device
+    ) -> FinishedBeams:
+        return cls(
+            tokens=torch.zeros(batch, size, max_length, dtype=torch.long, device=device),
+            lengths=torch.zeros(batch, size, dtype=torch.long, device=device),
+            scores=torch.full((batch, size), -float("inf"), dtype=torch.float64, device=device),
+            arrival=torch.full((batch, size), -1, dtype=torch.long, device=device),
+            length_penalty=length_penalty,
+        )
 
-    def is_done(self, best_log_prob: float, length: int) -> bool:
-        """Full, and not even the best candidate of this step, scored at the step's new `length`, would get in."""
-        return len(self.items) >= self.size and self.worst >= best_log_prob / length**self.length_penalty
+    @property
+    def full(self) -> torch.Tensor:
+        return (self.arrival >= 0).all(dim=1)
 
-    def best(self) -> list[int]:
-        # Stable sort, last wins: on a tie the hypothesis added later is returned, as in transformers.
-        return sorted(self.items, key=lambda item: item[0])[-1][1]
+    @property
+    def worst(self) -> torch.Tensor:
+        """The lowest score held [B]; it matters only for full samples."""
+        return self.scores.min(dim=1).values
+
+    def offer(self, tokens: torch.Tensor, log_probs: torch.Tensor, offered: torch.Tensor) -> None:
+        """Offer one hypothesis `tokens` [B, T] with summed log-probability `log_probs` [B] where `offered` [B].
+
+        It gets in while its sample has room, or when it scores strictly above the worst, which it then replaces.
+        """
+        length = tokens.shape[1]
+        score = log_probs.double() / length**self.length_penalty
+        full = self.full
+        admitted = offered & (~full | (score > self.worst))
+        if not admitted.any():
+            return
+        first_empty = (self.arrival < 0).int().argmax(dim=1)
+        slot = torch.where(full, self._evictee(), first_empty)
+        samples = admitted.nonzero()[:, 0]
+        slots = slot[samples]
+        self.tokens[samples, slots, :length] = tokens[samples]
+        self.lengths[samples, slots] = length
+        self.scores[samples, slots] = score[samples]
+        self.arrival[samples, slots] = self.clock
+        self.clock += 1
+
+    def _evictee(self) -> torch.Tensor:
+        """Slot [B] of the earliest arrival among those holding the worst score."""
+        at_worst = self.scores == self.worst[:, None]
+        return self.arrival.masked_fill(~at_worst, self.clock).argmin(dim=1)
+
+    def best(self, count: int, eos_id: int, pad_id: int) -> torch.Tensor:
+        """The `count` best hypotheses of every sample as rows [B·count, W], sample by sample, best first.
+
+        A row is its tokens, then eos if it fits, then `pad_id`; W is one more than the longest hypothesis, capped at
+        the slots' width (`max_length`), so a hypothesis cut at the limit gets no eos.
+        """
+        latest_first = self.arrival.argsort(dim=1, descending=True)
+        by_score = self.scores.gather(1, latest_first).argsort(dim=1, descending=True, stable=True)
+        slots = latest_first.gather(1, by_score)[:, :count]
+        samples = torch.arange(len(slots), device=slots.device)[:, None]
+        tokens = self.tokens[samples, slots].flatten(0, 1)
+        lengths = self.lengths[samples, slots].flatten()[:, None]
+        width = min(int(lengths.max()) + 1, tokens.shape[1])
+        positions = torch.arange(width, device=tokens.device)
+        rows = torch.where(positions < lengths, tokens[:, :width], pad_id)
+        return torch.where(positions == lengths, eos_id, rows)

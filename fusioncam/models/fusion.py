@@ -13,7 +13,7 @@ Why it is shaped like this:
   what `encode_image` returns, so Grad-CAM and scoring need no fusion-specific path.
 - EfficientSAM embeddings come in precomputed: the SAM encoder runs once per image elsewhere (the same embedding
   also serves mask refinement).
-- A checkpoint (`fusioncam.checkpoints.save_fusion`) holds only the fusion's parameters and says which BLIP and
+- A checkpoint (`fusioncam.fusion_checkpoint.save_fusion`) holds only the fusion's parameters and says which BLIP and
   EfficientSAM presets it was trained on: a fusion means nothing on top of other frozen models.
 """
 

@@ -17,3 +17,25 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
+
+
+def resample_position_embedding(
+    pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1
+) -> torch.Tensor:
+    """A learned [1, prefix + h·w, D] position embedding on another patch grid: [1, prefix + gh·gw, D].
+
+    Prefix tokens (a class token) keep their embedding; the h×w patch part, square as every checkpoint has it, is
+    interpolated bicubically (in float32, whatever the weights' dtype). Serves both checkpoint loading (a model
+    built for another resolution) and models that keep the pre-training grid and resample at every call.
+    """
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    side = round(patches.shape[1] ** 0.5)
+    if side * side != patches.shape[1]:
+        raise ValueError(f"a position embedding of {patches.shape[1]} patches is not a square grid")
+    if (side, side) == tuple(grid):
+        return pos_embed
+    width = patches.shape[-1]
+    square = patches.reshape(1, side, side, width).permute(0, 3, 1, 2).float()
+    resized = F.interpolate(square, size=grid, mode="bicubic", align_corners=False)
+    patches = resized.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], width).to(pos_embed.dtype)
+    return torch.cat([prefix, patches], dim=1)

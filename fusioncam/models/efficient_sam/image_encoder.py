@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from fusioncam.models.layers import resample_position_embedding
 from fusioncam.models.vit import Block, PatchEmbed, VisionConfig
 
 
@@ -45,20 +45,14 @@ class ImageEncoderConfig:
         return self.pretrain_image_size // self.patch_size
 
 
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of a [B, C, H, W] map, at every position separately."""
+class ChannelLayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm` over the channels of a [B, C, H, W] map, each position on its own (the neck's norm).
 
-    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.eps = eps
+    The map is viewed channels-last for the normalisation; `weight` and `bias` keep the checkpoint's names.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class ImageEncoderViT(nn.Module):
@@ -75,20 +69,15 @@ class ImageEncoderViT(nn.Module):
         self.blocks = nn.ModuleList(Block(block) for _ in range(config.depth))
         self.neck = nn.Sequential(
             nn.Conv2d(config.width, config.neck_dim, kernel_size=1, bias=False),
-            LayerNorm2d(config.neck_dim),
+            ChannelLayerNorm(config.neck_dim, eps=1e-6),
             nn.Conv2d(config.neck_dim, config.neck_dim, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(config.neck_dim),
+            ChannelLayerNorm(config.neck_dim, eps=1e-6),
         )
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """The position embedding on `grid` as [1, gh, gw, width]: class slot dropped, bicubically resampled."""
-        patches = self.pos_embed[:, 1:]
-        side = self.config.pretrain_grid_size
-        patches = patches.reshape(1, side, side, patches.shape[-1])
-        if (side, side) == tuple(grid):
-            return patches
-        resized = F.interpolate(patches.permute(0, 3, 1, 2), size=grid, mode="bicubic", align_corners=False)
-        return resized.permute(0, 2, 3, 1)
+        patches = resample_position_embedding(self.pos_embed[:, 1:], grid, num_prefix_tokens=0)
+        return patches.reshape(1, *grid, patches.shape[-1])
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         size = self.config.image_size
