@@ -22,12 +22,12 @@ from fusioncam.checkpoints import (
     load_blip_caption_weights,
     load_blip_itm_weights,
     load_efficient_sam_weights,
-    load_fusion,
     load_t5_weights,
     read_state_dict,
 )
 from fusioncam.explain.gradcam import compute_gradcam
 from fusioncam.explain.refine import Refined, SamImage, embed_images, refine_heatmaps
+from fusioncam.fusion_checkpoint import load_fusion
 from fusioncam.images import BLIP_MEAN, BLIP_STD, ImageTransform
 from fusioncam.models.blip import BlipCaption, BlipCaptionConfig, BlipITM, BlipITMConfig
 from fusioncam.models.efficient_sam import EfficientSam, EfficientSamConfig
@@ -218,17 +218,58 @@ class BlipMatcher:
         return self.heatmaps([image], [text], block=block, per_word=per_word)[0]
 
 
+@dataclass
+class Captioner:
+    """A loaded BLIP caption preset: model, tokenizer, preprocessing."""
+
+    model: BlipCaption
+    tokenizer: BlipTokenizer
+    transform: ImageTransform
+    name: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.vision_encoder.cls_token.device
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        return self.model.encode_image(self.transform(images).to(self.device))
+
+
+@dataclass
+class QuestionAnswerer:
+    """A loaded UnifiedQA preset: the FiD model and its SentencePiece tokenizer."""
+
+    model: FusionInDecoderQA
+    tokenizer: Any
+    name: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.model.shared.weight.device
+
+    def tokenize(self, passages: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Passages per question → ids and mask [B, n, L], padded to the longest passage of the batch."""
+        counts = {len(group) for group in passages}
+        if len(counts) != 1:
+            raise ValueError(f"every question needs the same number of passages, got {sorted(counts)}")
+        flat = [passage for group in passages for passage in group]
+        batch = self.tokenizer(flat, padding="longest", truncation=True, return_tensors="pt")
+        shape = (len(passages), counts.pop(), -1)
+        return batch["input_ids"].reshape(shape).to(self.device), batch["attention_mask"].reshape(shape).to(self.device)
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        return [text.strip() for text in self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)]
+
+
+# --- presets → ready models --------------------------------------------------------------------------------
+
+
 def build_blip_itm(preset: Preset) -> BlipITM:
     """An empty (meta-device) model of the preset's architecture, ready to take its checkpoint."""
-    base = BlipITMConfig.preset(preset.architecture) if preset.architecture else BlipITMConfig()
-    config = BlipITMConfig.from_dict(preset.config, base=base)
+    config = BlipITMConfig.from_dict(preset.config, base=BlipITMConfig.preset(preset.architecture or "base"))
     with torch.device("meta"):
         return BlipITM(config)
-
-
-def _expect_kind(preset: Preset, kind: str) -> None:
-    if preset.kind != kind:
-        raise ValueError(f"preset {preset.name!r} is a {preset.kind} model, not a {kind} model")
 
 
 def blip_preset_transform(preset: Preset, image_size: int) -> ImageTransform:
@@ -258,124 +299,168 @@ def blip_preset_tokenizer(preset: Preset, vocab: Path, max_length: int, vocab_si
     return tokenizer
 
 
+def _ready(model: torch.nn.Module, device: torch.device) -> Any:
+    """Float32 (half-precision checkpoints run like the reference), on `device`, frozen for inference."""
+    return model.float().to(device).eval().requires_grad_(False)
+
+
+def _build_matcher(preset: Preset, files: dict[str, Path], device: torch.device) -> BlipMatcher:
+    model = build_blip_itm(preset)
+    load_blip_itm_weights(model, read_state_dict(files["checkpoint"]), preset.layout, str(files["checkpoint"]))
+    config = model.config
+    transform = blip_preset_transform(preset, config.vision.image_size)
+    tokenizer = blip_preset_tokenizer(preset, files["vocab"], config.max_txt_len, config.text.vocab_size)
+    return BlipMatcher(model.float(), tokenizer, transform, name=preset.name, device=device)
+
+
+def _build_captioner(preset: Preset, files: dict[str, Path], device: torch.device) -> Captioner:
+    config = BlipCaptionConfig.from_dict(preset.config, base=BlipCaptionConfig.preset(preset.architecture or "base"))
+    with torch.device("meta"):
+        model = BlipCaption(config)
+    load_blip_caption_weights(model, read_state_dict(files["checkpoint"]), preset.layout, str(files["checkpoint"]))
+    transform = blip_preset_transform(preset, config.vision.image_size)
+    tokenizer = blip_preset_tokenizer(preset, files["vocab"], config.max_txt_len, config.text.vocab_size)
+    return Captioner(_ready(model, device), tokenizer, transform, preset.name)
+
+
+def _build_qa(preset: Preset, files: dict[str, Path], device: torch.device) -> QuestionAnswerer:
+    from transformers import T5Tokenizer
+
+    with torch.device("meta"):
+        qa = FusionInDecoderQA.from_preset(preset.architecture or "base", **preset.config)
+    load_t5_weights(qa.model, read_state_dict(files["checkpoint"]), str(files["checkpoint"]))
+    # The tokenizer reads spiece.model and the companions beside it (tokenizer_config.json & co.).
+    tokenizer = T5Tokenizer.from_pretrained(str(files["spiece"].parent))
+    return QuestionAnswerer(_ready(qa, device), tokenizer, preset.name)
+
+
+def _build_sam(preset: Preset, files: dict[str, Path], device: torch.device) -> EfficientSam:
+    config = EfficientSamConfig.from_dict(preset.config, base=EfficientSamConfig.preset(preset.architecture or "vitt"))
+    config = EfficientSamConfig.from_dict(_sam_preprocess(preset, config), base=config)
+    with torch.device("meta"):
+        model = EfficientSam(config)
+    load_efficient_sam_weights(model, read_state_dict(files["checkpoint"]), str(files["checkpoint"]))
+    return _ready(model, device)
+
+
+def _sam_preprocess(preset: Preset, config: EfficientSamConfig) -> dict[str, Any]:
+    """A SAM preset's `[preprocess]` as config values: the input size and pixel statistics. EfficientSAM resizes
+    bilinearly, and only that is implemented, so another interpolation is refused rather than ignored."""
+    preprocess = preset.preprocess
+    if preprocess.get("interpolation", "bilinear") != "bilinear":
+        raise ValueError(
+            f"preset {preset.name!r}: EfficientSAM resizes bilinearly, not {preprocess['interpolation']!r}"
+        )
+    values: dict[str, Any] = {}
+    if "image_size" in preprocess:
+        values["encoder"] = {"image_size": int(preprocess["image_size"])}
+    if "mean" in preprocess:
+        values["pixel_mean"] = tuple(preprocess["mean"])
+    if "std" in preprocess:
+        values["pixel_std"] = tuple(preprocess["std"])
+    return values
+
+
+_IMAGE_PREPROCESS = ("image_size", "mean", "std", "interpolation")
+
+
+@dataclass(frozen=True)
+class Family:
+    """How presets of one `kind` become a ready model: the checkpoint layouts it converts from, the files it reads
+    (`companions`: read when declared, from beside the others), the `[preprocess]` keys it honours, its builder."""
+
+    layouts: tuple[str, ...]
+    files: tuple[str, ...]
+    build: Callable[[Preset, dict[str, Path], torch.device], Any]
+    companions: tuple[str, ...] = ()
+    preprocess: tuple[str, ...] = ()
+
+
+FAMILIES: dict[str, Family] = {
+    "blip-itm": Family(("lavis", "hf", "fusioncam"), ("checkpoint", "vocab"), _build_matcher, (), _IMAGE_PREPROCESS),
+    "blip-caption": Family(
+        ("lavis", "hf", "fusioncam"), ("checkpoint", "vocab"), _build_captioner, (), _IMAGE_PREPROCESS
+    ),
+    "t5-qa": Family(("t5",), ("checkpoint", "spiece"), _build_qa, ("tokenizer_config", "special_tokens_map")),
+    "efficient-sam": Family(("efficient-sam",), ("checkpoint",), _build_sam, (), _IMAGE_PREPROCESS),
+}
+
+
+def family(preset: Preset) -> Family:
+    """The family of `preset`, which must declare nothing that family would not use (refused by name)."""
+    if preset.kind not in FAMILIES:
+        raise ValueError(
+            f"preset {preset.name!r} is of kind {preset.kind!r}, not a model; model kinds: {', '.join(FAMILIES)}"
+        )
+    chosen = FAMILIES[preset.kind]
+    if preset.layout not in chosen.layouts:
+        raise ValueError(
+            f"preset {preset.name!r}: layout {preset.layout!r} is not one {preset.kind} reads "
+            f"({', '.join(chosen.layouts)})"
+        )
+    if unused := sorted(set(preset.files) - set(chosen.files) - set(chosen.companions)):
+        raise ValueError(
+            f"preset {preset.name!r} declares file(s) {', '.join(unused)} that a {preset.kind} model does not read; "
+            f"it reads {', '.join(chosen.files + chosen.companions)}"
+        )
+    if unused := sorted(set(preset.preprocess) - set(chosen.preprocess)):
+        raise ValueError(
+            f"preset {preset.name!r}: [preprocess] key(s) {', '.join(unused)} mean nothing to a {preset.kind} model"
+            + (f"; it reads {', '.join(chosen.preprocess)}" if chosen.preprocess else "")
+        )
+    return chosen
+
+
 def load(
-    name: str = "blip-itm-base",
+    name: str | Path = "blip-itm-base",
     device: str = "auto",
     download: bool = True,
     fusion: str | Path | None = None,
     sam: str = "efficient-sam-vitt",
-) -> BlipMatcher:
-    """Load a BLIP ITM preset (a name from weights.toml or a path to a preset .toml), downloading if needed.
+) -> Any:
+    """The ready model of a preset (a name from weights.toml or a preset .toml), downloading its files if needed.
 
-    `fusion` (a file written by `fusioncam train --what fusion`) switches to the `fused` mode with the EfficientSAM
-    preset `sam` it was trained with.
+    What comes back depends on the preset's kind: a `BlipMatcher` (blip-itm), a `Captioner` (blip-caption), a
+    `QuestionAnswerer` (t5-qa) or an `EfficientSam` (efficient-sam), each with the preprocessing and tokenizer its
+    weights expect. `fusion` (a file written by `fusioncam train --what fusion`) switches a BLIP ITM to the
+    `fused` mode, with the EfficientSAM preset `sam` it was trained with.
     """
     preset = get_preset(name)
-    _expect_kind(preset, "blip-itm")
-    files = require_files(preset, ("checkpoint", "vocab"), download=download)
-    checkpoint, vocab = files["checkpoint"], files["vocab"]
-    model = build_blip_itm(preset)
-    load_blip_itm_weights(model, read_state_dict(checkpoint), preset.layout, str(checkpoint))
-    model.float()  # half-precision checkpoints run in float32 like the reference
-    config = model.config
-    transform = blip_preset_transform(preset, config.vision.image_size)
-    tokenizer = blip_preset_tokenizer(preset, vocab, config.max_txt_len, config.text.vocab_size)
+    chosen = family(preset)
+    if fusion is not None and preset.kind != "blip-itm":
+        raise ValueError(f"a fusion goes with a BLIP ITM preset, not with {preset.name!r} ({preset.kind})")
+    roles = chosen.files + tuple(role for role in chosen.companions if role in preset.files)
+    files = require_files(preset, roles, download=download)
     target = pick_device(device)
-    fused = None
+    model = chosen.build(preset, files, target)
     if fusion is not None:
         sam_model = load_sam(sam, device=device, download=download)
-        fused_model = load_fusion(fusion, model.to(target), preset.name, get_preset(sam).name).to(target).eval()
-        fused = FusedEncoder(fused_model, sam_model)
-    return BlipMatcher(model, tokenizer, transform, name=preset.name, device=target, fused=fused)
+        fused = load_fusion(fusion, model.model.to(target), preset.name, get_preset(sam).name).to(target).eval()
+        model.fused = FusedEncoder(fused, sam_model)
+    return model
 
 
-@dataclass
-class Captioner:
-    """A loaded BLIP caption preset: model, tokenizer, preprocessing."""
-
-    model: BlipCaption
-    tokenizer: BlipTokenizer
-    transform: ImageTransform
-    name: str
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.vision_encoder.cls_token.device
-
-    @torch.no_grad()
-    def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        return self.model.encode_image(self.transform(images).to(self.device))
-
-
-def load_captioner(name: str = "blip-caption-large", device: str = "auto", download: bool = True) -> Captioner:
-    """Load a BLIP caption preset (LAVIS or Hugging Face layout)."""
+def _load_kind(name: str | Path, kind: str, device: str, download: bool) -> Any:
+    """`load`, refusing a preset of another kind (a typed entry point must return what its name says)."""
     preset = get_preset(name)
-    _expect_kind(preset, "blip-caption")
-    files = require_files(preset, ("checkpoint", "vocab"), download=download)
-    checkpoint, vocab = files["checkpoint"], files["vocab"]
-    base = BlipCaptionConfig.preset(preset.architecture) if preset.architecture else BlipCaptionConfig()
-    config = BlipCaptionConfig.from_dict(preset.config, base=base)
-    with torch.device("meta"):
-        model = BlipCaption(config)
-    load_blip_caption_weights(model, read_state_dict(checkpoint), preset.layout, str(checkpoint))
-    model = model.float().to(pick_device(device)).eval().requires_grad_(False)
-    transform = blip_preset_transform(preset, config.vision.image_size)
-    tokenizer = blip_preset_tokenizer(preset, vocab, config.max_txt_len, config.text.vocab_size)
-    return Captioner(model, tokenizer, transform, preset.name)
+    if preset.kind != kind:
+        raise ValueError(f"preset {preset.name!r} is a {preset.kind} model, not a {kind} model")
+    return load(name, device=device, download=download)
 
 
-@dataclass
-class QuestionAnswerer:
-    """A loaded UnifiedQA preset: the FiD model and its SentencePiece tokenizer."""
-
-    model: FusionInDecoderQA
-    tokenizer: Any
-    name: str
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.model.shared.weight.device
-
-    def tokenize(self, passages: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Passages per question → ids and mask [B, n, L], padded to the longest passage of the batch."""
-        counts = {len(group) for group in passages}
-        if len(counts) != 1:
-            raise ValueError(f"every question needs the same number of passages, got {sorted(counts)}")
-        flat = [passage for group in passages for passage in group]
-        batch = self.tokenizer(flat, padding="longest", truncation=True, return_tensors="pt")
-        shape = (len(passages), counts.pop(), -1)
-        return batch["input_ids"].reshape(shape).to(self.device), batch["attention_mask"].reshape(shape).to(self.device)
-
-    def decode(self, ids: torch.Tensor) -> list[str]:
-        return [text.strip() for text in self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)]
+def load_captioner(name: str | Path = "blip-caption-large", device: str = "auto", download: bool = True) -> Captioner:
+    """`load` for a BLIP caption preset (LAVIS, Hugging Face or fusioncam layout)."""
+    return _load_kind(name, "blip-caption", device, download)
 
 
-def load_qa(name: str = "unifiedqa-v2-t5-base", device: str = "auto", download: bool = True) -> QuestionAnswerer:
-    """Load a UnifiedQA (T5) preset; its tokenizer comes from the preset's `spiece.model` folder."""
-    from transformers import T5Tokenizer
-
-    preset = get_preset(name)
-    _expect_kind(preset, "t5-qa")
-    files = require_files(preset, download=download)  # tokenizer_config.json & co. must sit beside spiece.model
-    checkpoint, spiece = files["checkpoint"], files["spiece"]
-    with torch.device("meta"):
-        qa = FusionInDecoderQA.from_preset(preset.architecture or "base", **preset.config)
-    load_t5_weights(qa.model, read_state_dict(checkpoint), str(checkpoint))
-    qa = qa.float().to(pick_device(device)).eval().requires_grad_(False)
-    tokenizer = T5Tokenizer.from_pretrained(str(spiece.parent))
-    return QuestionAnswerer(qa, tokenizer, preset.name)
+def load_qa(name: str | Path = "unifiedqa-v2-t5-base", device: str = "auto", download: bool = True) -> QuestionAnswerer:
+    """`load` for a UnifiedQA (T5) preset; its tokenizer comes from the preset's `spiece.model` folder."""
+    return _load_kind(name, "t5-qa", device, download)
 
 
-def load_sam(name: str = "efficient-sam-vitt", device: str = "auto", download: bool = True) -> EfficientSam:
-    """Load an EfficientSAM preset (`efficient-sam-vitt`, `efficient-sam-vits`, or a preset file)."""
-    preset = get_preset(name)
-    _expect_kind(preset, "efficient-sam")
-    checkpoint = require_files(preset, ("checkpoint",), download=download)["checkpoint"]
-    base = EfficientSamConfig.preset(preset.architecture) if preset.architecture else EfficientSamConfig()
-    with torch.device("meta"):
-        model = EfficientSam(EfficientSamConfig.from_dict(preset.config, base=base))
-    load_efficient_sam_weights(model, read_state_dict(checkpoint), str(checkpoint))
-    return model.float().to(pick_device(device)).eval().requires_grad_(False)
+def load_sam(name: str | Path = "efficient-sam-vitt", device: str = "auto", download: bool = True) -> EfficientSam:
+    """`load` for an EfficientSAM preset (`efficient-sam-vitt`, `efficient-sam-vits`, or a preset file)."""
+    return _load_kind(name, "efficient-sam", device, download)
 
 
 class SamRefiner:

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from fusioncam.api import BlipMatcher, SamRefiner
-from fusioncam.batch import batched
 from fusioncam.explain.render import upsample_map
 from fusioncam.images import load_image
+from fusioncam.inputs import batched
 from fusioncam.text import clean_caption
 
 
@@ -138,7 +138,7 @@ def evaluate_pointing(
 
 
 class ImageText(Protocol):
-    """Anything with an image path and a text: a `Referring` record, a `fusioncam.batch.Pair`."""
+    """Anything with an image path and a text: a `Referring` record, a `fusioncam.inputs.Pair`."""
 
     image: Path
     text: str

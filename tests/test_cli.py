@@ -17,8 +17,8 @@ from tiny_presets import write_tiny_presets
 from typer.testing import CliRunner
 
 import fusioncam
-from fusioncam.batch import slug
 from fusioncam.cli import app
+from fusioncam.inputs import slug
 
 
 @pytest.fixture(scope="module")

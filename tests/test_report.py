@@ -23,9 +23,10 @@ import pytest
 from tiny_presets import write_tiny_presets
 from typer.testing import CliRunner
 
-from fusioncam.batch import Pair, write_vqa
 from fusioncam.cli import app
 from fusioncam.explain.render import save_png
+from fusioncam.inputs import Pair
+from fusioncam.outputs import write_vqa
 from fusioncam.report import THUMB_BOX, THUMB_DIR, ReportSummary, write_report
 from fusioncam.vqa import Evidence, VQAResult
 

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fusioncam.batch import Pair, pairs_from_jsonl
 from fusioncam.images import load_image
+from fusioncam.inputs import Pair, pairs_from_jsonl
 from fusioncam.synth import (
     BACKGROUNDS,
     COLORS,

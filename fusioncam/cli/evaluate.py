@@ -91,9 +91,9 @@ def eval_itm(
 
     Example: fusioncam eval itm --data scenes/referring.jsonl --model runs/itm/itm.toml
     """
-    from fusioncam.batch import Failure, pairs_from_jsonl
     from fusioncam.evaluate import itm_accuracy
     from fusioncam.images import ImageDecodeError
+    from fusioncam.inputs import Failure, pairs_from_jsonl
 
     if not data.is_file():
         raise usage_error(f"--data file not found: {data}")

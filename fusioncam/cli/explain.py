@@ -23,7 +23,7 @@ from fusioncam.cli.run import (
 )
 
 if TYPE_CHECKING:
-    from fusioncam.batch import Pair
+    from fusioncam.inputs import Pair
 
 
 def _warn_truncated(pair: Pair, truncated: bool) -> None:
@@ -73,7 +73,7 @@ def heatmap(
 
       jq -c '{image, text: .caption}' captions.jsonl | fusioncam heatmap - --jsonl
     """
-    from fusioncam.batch import write_heatmap
+    from fusioncam.outputs import write_heatmap
 
     if save_mask and encoder != "esam":
         raise usage_error("--save-mask needs --encoder esam (the mask comes from EfficientSAM)")
@@ -140,7 +140,7 @@ def segment(
 
     Example: fusioncam segment dogs.jpg "the stick" --out masks/
     """
-    from fusioncam.batch import write_segment
+    from fusioncam.outputs import write_segment
 
     inputs, total = pair_inputs(image, text or [], pairs, recursive)
     check_out_dir(out)
@@ -229,7 +229,7 @@ def vqa(
     import torch
 
     from fusioncam.api import load_captioner, load_qa
-    from fusioncam.batch import write_vqa
+    from fusioncam.outputs import write_vqa
     from fusioncam.vqa import PNPVQA, VQAConfig
 
     if caption_min_length > caption_max_length:
@@ -314,7 +314,7 @@ def score(
     run = run_info(matcher, None, itm=model)
 
     def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
-        from fusioncam.batch import score_record
+        from fusioncam.outputs import score_record
         from fusioncam.text import clean_caption
 
         images, reasons = decode_images(batch)

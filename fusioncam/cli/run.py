@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from fusioncam.api import BlipMatcher, Heatmap, SamRefiner
-    from fusioncam.batch import Failure, Pair
     from fusioncam.explain.refine import Refined
+    from fusioncam.inputs import Failure, Pair
 
 Outcome = dict | str  # the record written for a pair, or why it failed
 Process = Callable[[list["Pair"]], Iterator[tuple["Pair", Outcome]]]
@@ -39,8 +39,8 @@ def pair_inputs(
     Files and folders are listed up front, so that usage errors surface before a model loads; stdin is streamed,
     since a pipeline's upstream may still be writing.
     """
-    from fusioncam.batch import pairs_from_path, pairs_from_source, read_jsonl
     from fusioncam.images import STDIN, is_url
+    from fusioncam.inputs import pairs_from_path, pairs_from_source, read_jsonl
 
     if image == "":
         raise usage_error("the IMAGE argument is empty: give an image file, a folder, or '-' for stdin")
@@ -109,7 +109,7 @@ def run_batches(
     process: Process,
 ) -> tuple[list[dict], list[Failure]]:  # fmt: skip
     """Feed batches of pairs to `process`, report each result (a JSONL line) or failure, keep going on errors."""
-    from fusioncam.batch import Failure, Pair, batched, image_label
+    from fusioncam.inputs import Failure, Pair, batched, image_label
 
     records: list[dict] = []
     failures: list[Failure] = []

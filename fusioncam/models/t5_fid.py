@@ -25,15 +25,17 @@ from transformers import T5Config, T5ForConditionalGeneration
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
+from fusioncam.models.architectures import architecture
 from fusioncam.models.decoding import beam_search, token_by_token
 
-# UnifiedQA-v2 sizes (LAVIS lavis/configs/models/pnp-vqa/unifiedqav2_*_config.json = t5-base / t5-large / t5-3b).
-_SIZES: dict[str, dict[str, int]] = {
-    "base": {"d_model": 768, "d_ff": 3072, "d_kv": 64, "num_layers": 12, "num_heads": 12},
-    "large": {"d_model": 1024, "d_ff": 4096, "d_kv": 64, "num_layers": 24, "num_heads": 16},
-    "3b": {"d_model": 1024, "d_ff": 16384, "d_kv": 128, "num_layers": 24, "num_heads": 32},
-}
-_COMMON: dict[str, Any] = {
+# T5 v1.0 base, which UnifiedQA-v2 base is (LAVIS's pnp-vqa unifiedqav2_base config); the other sizes are entries
+# of `models.architectures`.
+_DEFAULTS: dict[str, Any] = {
+    "d_model": 768,
+    "d_ff": 3072,
+    "d_kv": 64,
+    "num_layers": 12,
+    "num_heads": 12,
     "vocab_size": 32128,
     "relative_attention_num_buckets": 32,
     "relative_attention_max_distance": 128,
@@ -47,17 +49,13 @@ _COMMON: dict[str, Any] = {
     "tie_word_embeddings": True,
 }
 
-PRESETS = tuple(_SIZES)
-
 # LAVIS's PNP-VQA answers with `max_length=20`, which counts the decoder start token.
 DEFAULT_MAX_NEW_TOKENS = 19
 
 
 def t5_config(preset: str, **overrides: Any) -> T5Config:
     """The `T5Config` of a UnifiedQA-v2 size (`base`, `large`, `3b`), with `overrides` applied on top."""
-    if preset not in _SIZES:
-        raise ValueError(f"unknown UnifiedQA-v2 size {preset!r}; known: {', '.join(PRESETS)}")
-    return T5Config(**(_COMMON | _SIZES[preset] | overrides))
+    return T5Config(**(_DEFAULTS | architecture("t5-qa", preset) | overrides))
 
 
 @dataclass(frozen=True)

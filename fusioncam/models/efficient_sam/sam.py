@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusioncam.models.architectures import architecture
 from fusioncam.models.config import merge_config
 from fusioncam.models.efficient_sam.image_encoder import ImageEncoderConfig, ImageEncoderViT
 from fusioncam.models.efficient_sam.mask_decoder import MaskDecoder, MaskDecoderConfig
@@ -40,12 +41,8 @@ class EfficientSamConfig:
 
     @classmethod
     def preset(cls, name: str) -> EfficientSamConfig:
-        """The official architectures: `vitt` (ViT-Tiny) and `vits` (ViT-Small); they differ only in the ViT."""
-        if name == "vitt":
-            return cls()
-        if name == "vits":
-            return cls(encoder=ImageEncoderConfig(width=384, num_heads=6))
-        raise ValueError(f"unknown EfficientSAM architecture {name!r}: expected 'vitt' or 'vits'")
+        """An official architecture (`vitt`: ViT-Tiny, `vits`: ViT-Small; see `models.architectures`)."""
+        return merge_config(cls(), architecture("efficient-sam", name))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], base: EfficientSamConfig | None = None) -> EfficientSamConfig:
