@@ -3,14 +3,14 @@
 >>> import fusioncam
 >>> matcher = fusioncam.load("blip-itm-base")
 >>> result = matcher.heatmap(fusioncam.load_image("dog.jpg"), "a dog")
->>> result.itm_score, result.heatmap.shape
-(0.97, (24, 24))
+>>> result.itm_score, result.heatmap.shape   # illustrative values
+(0.97, torch.Size([24, 24]))
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,16 +56,16 @@ class Heatmap:
 
     `heatmap` is the sentence map (LAVIS row 1) on the patch grid; `word_maps` the per-word maps when asked;
     `token_maps` every token's map (position 0 = `[ENC]`); `truncated` that the text was longer than the model
-    reads, so the maps cover its beginning only.
+    reads, so the maps cover its beginning only. Maps are float32 CPU tensors (`.numpy()` shares their memory).
     """
 
     text: str
     itm_score: float
     itc_score: float
     block: int
-    heatmap: np.ndarray
-    token_maps: np.ndarray
-    word_maps: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    heatmap: torch.Tensor
+    token_maps: torch.Tensor
+    word_maps: list[tuple[str, torch.Tensor]] = field(default_factory=list)
     truncated: bool = False
 
 
@@ -205,9 +205,9 @@ class BlipMatcher:
                     itm_score=float(probability[index]),
                     itc_score=float(itc[index]),
                     block=block,
-                    heatmap=cam.sentence_maps[index].float().cpu().numpy(),
-                    token_maps=cam.token_maps[index].float().cpu().numpy(),
-                    word_maps=[(word, m.float().cpu().numpy()) for word, m in words],
+                    heatmap=cam.sentence_maps[index].float().cpu(),
+                    token_maps=cam.token_maps[index].float().cpu(),
+                    word_maps=[(word, m.float().cpu()) for word, m in words],
                     truncated=encoding.truncated[index],
                 )
             )
@@ -495,14 +495,56 @@ class SamRefiner:
             self._cache.popitem(last=False)
         return found
 
-    def refine(self, keys: Sequence[Any], images: Sequence[np.ndarray], heatmaps: np.ndarray) -> list[Refined]:
-        """Refine heatmap i [h, w] of image i (keyed by keys[i])."""
+    def refine(self, keys: Sequence[Any], images: Sequence[np.ndarray], heatmaps: torch.Tensor) -> list[Refined]:
+        """Refine heatmap i [h, w] (a [B, h, w] tensor) of image i (keyed by keys[i])."""
         return refine_heatmaps(
             self.sam,
             self.embed(keys, images),
-            torch.from_numpy(np.asarray(heatmaps, dtype=np.float32)),
+            heatmaps.float(),
             num_points=self.num_points,
             labels=self.labels,
             mask_choice=self.mask_choice,
             blend=self.blend,
         )
+
+
+@dataclass
+class Explained:
+    """A pair's heatmap and, when a refiner was given, its SAM refinement; `map` is the one to show and score."""
+
+    heatmap: Heatmap
+    refined: Refined | None = None
+
+    @property
+    def map(self) -> torch.Tensor:
+        return self.heatmap.heatmap if self.refined is None else self.refined.heatmap
+
+
+def explain_pairs(
+    matcher: BlipMatcher,
+    images: Sequence[np.ndarray],
+    texts: Sequence[str],
+    keys: Sequence[Hashable] | None = None,
+    block: int = 6,
+    per_word: bool = False,
+    refiner: SamRefiner | None = None,
+    clean: Callable[[str], str] = clean_caption,
+) -> list[Explained]:
+    """Grad-CAM of text i over image i, refined by `refiner` when given, for a batch of pairs.
+
+    Pairs whose `keys` (e.g. image paths) are equal share an image: it is encoded once, by BLIP and by SAM, however
+    many texts are asked of it. Without keys every image is taken as distinct. This is the one place where
+    explaining a batch of pairs is written; the commands, `evaluate` and PNP-VQA all go through it.
+    """
+    own = list(keys) if keys is not None else [object() for _ in images]
+    first: dict[Hashable, int] = {}  # where each distinct image is first seen
+    for position, key in enumerate(own):
+        first.setdefault(key, position)
+    distinct = list(first)
+    tokens = matcher.embed_images([images[first[key]] for key in distinct])
+    rows = torch.tensor([distinct.index(key) for key in own], device=tokens.device)
+    heatmaps = matcher.heatmaps(tokens[rows], texts, block=block, per_word=per_word, clean=clean)
+    if refiner is None:
+        return [Explained(heatmap) for heatmap in heatmaps]
+    refined = refiner.refine(own, images, torch.stack([heatmap.heatmap for heatmap in heatmaps]))
+    return [Explained(heatmap, item) for heatmap, item in zip(heatmaps, refined, strict=True)]

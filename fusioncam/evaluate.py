@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from fusioncam.api import BlipMatcher, SamRefiner
+from fusioncam.api import BlipMatcher, SamRefiner, explain_pairs
 from fusioncam.explain.render import upsample_map
 from fusioncam.images import load_image
 from fusioncam.inputs import batched
@@ -67,10 +67,13 @@ class PointingScore:
     box_share: float
 
 
-def score_map(heatmap: np.ndarray, box: tuple[int, int, int, int], image_hw: tuple[int, int]) -> PointingScore:
-    """Pointing and energy scores of a grid heatmap for a box, both measured at the image's resolution."""
+def score_map(
+    heatmap: np.ndarray | torch.Tensor, box: tuple[int, int, int, int], image_hw: tuple[int, int]
+) -> PointingScore:
+    """Pointing and energy scores of a grid heatmap for a box, both measured at the image's resolution (where a
+    map meets pixels, so in numpy, as the pictures are drawn)."""
     height, width = image_hw
-    full = np.clip(upsample_map(heatmap, (height, width)), 0, None)
+    full = np.clip(upsample_map(np.asarray(heatmap), (height, width)), 0, None)
     x0, y0, x1, y1 = (int(value) for value in box)
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
     y, x = np.unravel_index(int(np.argmax(full)), full.shape)
@@ -122,16 +125,18 @@ def evaluate_pointing(
     encoder: str = "blip",
     on_batch: Callable[[int], None] | None = None,
 ) -> PointingReport:
-    """Heatmap every record (refined by SAM when a refiner is given) and score it against its box."""
+    """Heatmap every record (refined by SAM when a refiner is given) and score it against its box; an image with
+    several records is decoded and encoded once per batch."""
     scores: list[PointingScore] = []
     for batch in batched(records, batch_size):
-        images = [load_image(record.image) for record in batch]
-        results = matcher.heatmaps(images, [record.text for record in batch], block=block)
-        maps = np.stack([result.heatmap for result in results])
-        if refiner is not None:
-            maps = np.stack([item.heatmap.numpy() for item in refiner.refine([r.image for r in batch], images, maps)])
-        for record, image, heatmap in zip(batch, images, maps, strict=True):
-            scores.append(score_map(heatmap, record.box, image.shape[:2]))
+        decoded = {path: load_image(path) for path in dict.fromkeys(record.image for record in batch)}
+        images = [decoded[record.image] for record in batch]
+        keys = [record.image for record in batch]
+        explained = explain_pairs(
+            matcher, images, [record.text for record in batch], keys=keys, block=block, refiner=refiner
+        )
+        for record, image, item in zip(batch, images, explained, strict=True):
+            scores.append(score_map(item.map, record.box, image.shape[:2]))
         if on_batch is not None:
             on_batch(len(batch))
     return summarize(encoder, scores)

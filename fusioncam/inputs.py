@@ -21,6 +21,8 @@ from typing import TextIO
 
 from fusioncam.images import STDIN, is_url
 
+ImageRef = Path | str  # an image file, an http(s) URL, or STDIN (the bytes of one image on standard input)
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"})
 
 
@@ -32,7 +34,7 @@ class Pair:
     into its result record so that results can be joined back to their inputs.
     """
 
-    image: Path | str  # a file, or a URL, or STDIN (one image's bytes on standard input)
+    image: ImageRef
     text: str
     origin: str  # where it came from, for messages: a path, or "stdin:3"
     stem: Path  # output path stem relative to --out, without suffixes

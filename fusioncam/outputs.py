@@ -118,7 +118,8 @@ def write_heatmap(
     """
     kinds = ["overlay", "heatmap", "json"] + (["words", "word_maps"] if result.word_maps else [])
     paths = _paths(out_dir, pair, "heatmap", *kinds, *(["mask"] if refined is not None and save_mask else []))
-    heatmap = result.heatmap if refined is None else refined.heatmap.numpy()
+    heatmap = (result.heatmap if refined is None else refined.heatmap).numpy()
+    word_maps = [(word, word_map.numpy()) for word, word_map in result.word_maps]
     height, width = image.shape[:2]
     save_png(paths["overlay"], overlay(image, heatmap, alpha=alpha, colormap=colormap))
     np.save(paths["heatmap"], heatmap.astype(np.float32))
@@ -131,9 +132,9 @@ def write_heatmap(
             save_png(paths["mask"], refined.mask.numpy().astype(np.uint8) * 255)
     if result.word_maps:
         title = None if refined is None else "BLIP Grad-CAM maps; the SAM-refined sentence map is the .overlay.png"
-        maps = [("sentence", result.heatmap), *result.word_maps]
+        maps = [("sentence", result.heatmap.numpy()), *word_maps]
         save_png(paths["words"], contact_sheet(image, maps, alpha=alpha, colormap=colormap, title=title))
-        np.save(paths["word_maps"], np.stack([word_map for _, word_map in result.word_maps]).astype(np.float32))
+        np.save(paths["word_maps"], np.stack([word_map for _, word_map in word_maps]).astype(np.float32))
         record["words"] = [
             {
                 "word": word,
@@ -141,7 +142,7 @@ def write_heatmap(
                 "max": float(word_map.max()),
                 "mean": float(word_map.mean()),
             }
-            for word, word_map in result.word_maps
+            for word, word_map in word_maps
         ]
     return _finish(record, paths, run)
 
@@ -183,8 +184,9 @@ def write_vqa(
     """
     kinds = ["overlay", "heatmap", "json"] + (["answer_overlay", "answer_map"] if result.answer_map is not None else [])
     paths = _paths(out_dir, pair, "vqa", *kinds)
-    save_png(paths["overlay"], overlay(image, result.heatmap, alpha=alpha, colormap=colormap))
-    np.save(paths["heatmap"], result.heatmap.astype(np.float32))
+    heatmap = result.heatmap.numpy()
+    save_png(paths["overlay"], overlay(image, heatmap, alpha=alpha, colormap=colormap))
+    np.save(paths["heatmap"], heatmap.astype(np.float32))
     height, width = image.shape[:2]
     record = {
         "image": image_label(pair.image),
@@ -192,7 +194,7 @@ def write_vqa(
         "answer": result.answer,
         "models": models,
         "image_size": {"width": width, "height": height},
-        "peak": _pixel(peak_location(result.heatmap, (height, width))),
+        "peak": _pixel(peak_location(heatmap, (height, width))),
         "captions": [
             {"caption": item.caption, "contribution": item.contribution, "patches": item.patches}
             for item in result.evidence
@@ -200,8 +202,9 @@ def write_vqa(
         "seconds": {stage: round(value, 4) for stage, value in result.seconds.items()},
     } | _source(pair)
     if result.answer_map is not None:
-        answer = overlay(image, result.answer_map, alpha=alpha, colormap=colormap)
+        answer_map = result.answer_map.numpy()
+        answer = overlay(image, answer_map, alpha=alpha, colormap=colormap)
         save_png(paths["answer_overlay"], captioned(answer, [f"Q: {pair.text}", f"A: {result.answer}"]))
-        np.save(paths["answer_map"], result.answer_map.astype(np.float32))
-        record["answer_peak"] = _pixel(peak_location(result.answer_map, (height, width)))
+        np.save(paths["answer_map"], answer_map.astype(np.float32))
+        record["answer_peak"] = _pixel(peak_location(answer_map, (height, width)))
     return _finish(record, paths, run)

@@ -332,7 +332,7 @@ def _captions(captions: object) -> str:
     contributions = [_contribution(item.get("contribution")) for item in items]
     rows = list(zip(items, contributions, _bar_widths(contributions), strict=True))
     rows = sorted(rows, key=lambda row: _strength(row[1]), reverse=True)[:_MAX_CAPTIONS]
-    rows.sort(key=lambda row: (0, -row[1]) if _strength(row[1]) >= 0 else (1, 0.0))
+    rows.sort(key=lambda row: _order(row[1]))
     lines = []
     for item, value, width in rows:
         caption = f'<span class="caption">{escape(_string(item.get("caption")))}</span>'
@@ -355,6 +355,11 @@ def _captions(captions: object) -> str:
 def _strength(value: float | None) -> float:
     """How much a contribution says, for choosing the captions to show: |value|, below zero when there is none."""
     return -1.0 if value is None or math.isnan(value) else abs(value)
+
+
+def _order(value: float | None) -> tuple[int, float]:
+    """Sort key for the captions shown: those with a contribution first, most for the answer first; the others last."""
+    return (1, 0.0) if value is None or math.isnan(value) else (0, -value)
 
 
 def _contribution(value: object) -> float | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fusioncam.api import BlipMatcher, Captioner, QuestionAnswerer, SamRefiner
+from fusioncam.api import BlipMatcher, Captioner, QuestionAnswerer, SamRefiner, explain_pairs
 from fusioncam.models.decoding import DecodingConfig
 from fusioncam.models.t5_fid import DEFAULT_MAX_NEW_TOKENS, FiDEncoding
 from fusioncam.text import clean_question
@@ -74,8 +74,8 @@ class VQAResult:
 
     question: str
     answer: str
-    heatmap: np.ndarray
-    answer_map: np.ndarray | None
+    heatmap: torch.Tensor
+    answer_map: torch.Tensor | None
     evidence: list[Evidence]
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -107,20 +107,21 @@ class PNPVQA:
         """
         config, seconds = self.config, {}
         with _timed(seconds, "heatmap"):
-            heatmaps = self.matcher.heatmaps(
-                images, questions, block=config.block, clean=lambda q: question_for_itm(clean_question(q))
+            explained = explain_pairs(
+                self.matcher,
+                images,
+                questions,
+                keys=keys,
+                block=config.block,
+                refiner=self.refiner,
+                clean=lambda q: question_for_itm(clean_question(q)),
             )
-        maps = np.stack([heatmap.heatmap for heatmap in heatmaps])
-        if self.refiner is not None:
-            with _timed(seconds, "refine"):
-                refined = self.refiner.refine(keys or [object() for _ in images], images, maps)
-                maps = np.stack([item.heatmap.numpy() for item in refined])
+        maps = torch.stack([item.map for item in explained])
         with _timed(seconds, "captions"):
-            maps = torch.from_numpy(maps)
             evidence = self._captions(images, maps.flatten(1), generator)
         grid = tuple(maps.shape[1:])
         answers: list[str] = [""] * len(questions)
-        answer_maps: list[np.ndarray | None] = [None] * len(questions)
+        answer_maps: list[torch.Tensor | None] = [None] * len(questions)
         for group in self._groups(questions, evidence):
             with _timed(seconds, "answer"):
                 passages = [group_passages for _, group_passages in group]
@@ -137,7 +138,12 @@ class PNPVQA:
         per_question = {stage: value / len(questions) for stage, value in seconds.items()}
         return [
             VQAResult(
-                question, answers[index], heatmaps[index].heatmap, answer_maps[index], evidence[index], per_question
+                question,
+                answers[index],
+                explained[index].heatmap.heatmap,
+                answer_maps[index],
+                evidence[index],
+                per_question,
             )
             for index, question in enumerate(questions)
         ]
@@ -211,7 +217,7 @@ class PNPVQA:
         answer_ids: torch.Tensor,
         evidence: list[Evidence],
         grid: tuple[int, int],
-    ) -> np.ndarray:
+    ) -> torch.Tensor:
         """Each caption's contribution (log-probability drop of the answer without its passage) and the answer map.
 
         Why the drop and not the decoder's cross-attention mass per passage: attention says where the decoder
@@ -224,7 +230,7 @@ class PNPVQA:
         one = FiDEncoding(
             encoding.last_hidden_state[row : row + 1], encoding.attention_mask[row : row + 1], encoding.num_passages
         )
-        answer_map = np.zeros(grid[0] * grid[1], dtype=np.float32)
+        answer_map = torch.zeros(grid[0] * grid[1])
         if one.num_passages == 1:  # nothing to compare with: contributions stay unknown (None)
             return answer_map.reshape(grid)
         answer_ids = answer_ids[None]

@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote, urlsplit
 import cv2
 import numpy as np
 import pytest
+import torch
 from tiny_presets import write_tiny_presets
 from typer.testing import CliRunner
 
@@ -70,8 +71,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, dogs_jpg: Path) -> Path:
     result = VQAResult(
         question="which <b>dog</b> & why?",
         answer="the <i>left</i> one",
-        heatmap=rng.random((24, 24), dtype=np.float32),
-        answer_map=rng.random((24, 24), dtype=np.float32),
+        heatmap=torch.from_numpy(rng.random((24, 24), dtype=np.float32)),
+        answer_map=torch.from_numpy(rng.random((24, 24), dtype=np.float32)),
         evidence=[
             Evidence(f"caption {index}", [index], contribution)
             for index, contribution in enumerate(SYNTHETIC_CONTRIBUTIONS)
@@ -270,7 +271,7 @@ def test_a_card_shows_the_strongest_ten_captions(tmp_path: Path) -> None:
     """A VQA record has 100 captions by default: the card keeps the ten that say most, the JSON has them all."""
     contributions = [0.1 * (index - 12) for index in range(25)]  # -1.2 … +1.2
     result = VQAResult(
-        "q?", "a", np.zeros((24, 24), np.float32), None, [Evidence(f"c{v:+.1f}", [], v) for v in contributions]
+        "q?", "a", torch.zeros(24, 24), None, [Evidence(f"c{v:+.1f}", [], v) for v in contributions]
     )
     pair = Pair(tmp_path / "image.png", "q?", "test", Path("many"))
     write_vqa(tmp_path, pair, np.zeros((32, 32, 3), np.uint8), result, {})

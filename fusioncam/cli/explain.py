@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from fusioncam.cli import options
-from fusioncam.cli.common import check_device, check_out_dir, loading, print_table, usage_error, warn
+from fusioncam.cli.common import check_device, check_out_dir, loading, print_table, usage_error
 from fusioncam.cli.loaders import check_block, load_matcher, refiner_for, run_info, sam_preset_name
-from fusioncam.cli.run import (
-    Outcome,
-    decode_images,
-    finish,
-    heatmap_results,
-    pair_inputs,
-    refined_results,
-    run_batches,
-    safely,
-)
-
-if TYPE_CHECKING:
-    from fusioncam.inputs import Pair
-
-
-def _warn_truncated(pair: Pair, truncated: bool) -> None:
-    if truncated:
-        warn(f"{pair.origin}: text longer than the model reads, truncated: {pair.text!r}")
+from fusioncam.cli.run import finish, pair_inputs, run_task, warn_truncated
 
 
 def heatmap(
@@ -73,7 +55,7 @@ def heatmap(
 
       jq -c '{image, text: .caption}' captions.jsonl | fusioncam heatmap - --jsonl
     """
-    from fusioncam.outputs import write_heatmap
+    from fusioncam.runner import HeatmapTask
 
     if save_mask and encoder != "esam":
         raise usage_error("--save-mask needs --encoder esam (the mask comes from EfficientSAM)")
@@ -83,25 +65,10 @@ def heatmap(
     check_block(matcher, block)
     refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend)
     run = run_info(matcher, fusion, itm=model, **({"sam": sam_preset_name(sam_model)} if encoder != "blip" else {}))
-
-    def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
-        if refiner is None:
-            results = (
-                (pair, image, result, None) for pair, image, result in heatmap_results(matcher, batch, block, per_word)
-            )
-        else:
-            results = refined_results(matcher, refiner, batch, block, per_word)
-        for pair, picture, result, refined in results:
-            if picture is None or isinstance(result, str):
-                yield pair, result
-                continue
-            _warn_truncated(pair, result.truncated)
-            yield safely(
-                pair, write_heatmap, out, pair, picture, result, matcher.name, alpha, colormap,
-                refined=refined, save_mask=save_mask, run=run,
-            )  # fmt: skip
-
-    records, failures = run_batches(inputs, total, batch_size, "heatmaps", jsonl, quiet, process)
+    task = HeatmapTask(
+        matcher, out, block, per_word, refiner, alpha, colormap, save_mask, run, on_truncated=warn_truncated
+    )
+    records, failures = run_task(inputs, total, task, batch_size, jsonl, quiet)
     if not jsonl and records:
         print_table(
             ["image", "text", "ITM", "ITC", "peak (x, y)", "overlay"],
@@ -140,7 +107,7 @@ def segment(
 
     Example: fusioncam segment dogs.jpg "the stick" --out masks/
     """
-    from fusioncam.outputs import write_segment
+    from fusioncam.runner import SegmentTask
 
     inputs, total = pair_inputs(image, text or [], pairs, recursive)
     check_out_dir(out)
@@ -149,16 +116,8 @@ def segment(
     refiner = refiner_for("esam", sam_model, device, points, sam_labels, sam_mask)
     assert refiner is not None
     run = run_info(matcher, None, itm=model, sam=sam_preset_name(sam_model))
-
-    def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
-        for pair, picture, result, refined in refined_results(matcher, refiner, batch, block, per_word=False):
-            if picture is None or isinstance(result, str) or refined is None:
-                yield pair, str(result)
-                continue
-            _warn_truncated(pair, result.truncated)
-            yield safely(pair, write_segment, out, pair, picture, result, refined, matcher.name, run)
-
-    records, failures = run_batches(inputs, total, batch_size, "masks", jsonl, quiet, process)
+    task = SegmentTask(matcher, refiner, out, block, run, on_truncated=warn_truncated)
+    records, failures = run_task(inputs, total, task, batch_size, jsonl, quiet)
     if not jsonl and records:
         print_table(
             ["image", "text", "ITM", "mask area", "SAM IoU", "mask"],
@@ -229,7 +188,7 @@ def vqa(
     import torch
 
     from fusioncam.api import load_captioner, load_qa
-    from fusioncam.outputs import write_vqa
+    from fusioncam.runner import VQATask
     from fusioncam.vqa import PNPVQA, VQAConfig
 
     if caption_min_length > caption_max_length:
@@ -259,26 +218,8 @@ def vqa(
     models = {"itm": matcher.name, "caption": captioner.name, "qa": answerer.name, "encoder": encoder}
     sam = {"sam": sam_preset_name(sam_model)} if encoder != "blip" else {}
     run = run_info(matcher, fusion, itm=model, caption=caption_model, qa=qa_model, **sam)
-    generator = torch.Generator().manual_seed(seed)
-
-    def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
-        images, reasons = decode_images(batch)
-        runnable = [pair for pair in batch if pair.image not in reasons]
-        for pair in batch:
-            if pair.image in reasons:
-                yield pair, reasons[pair.image]
-        if not runnable:
-            return
-        results = pipeline.answer(
-            [images[pair.image] for pair in runnable],
-            [pair.text for pair in runnable],
-            generator,
-            keys=[pair.image for pair in runnable],
-        )
-        for pair, result in zip(runnable, results, strict=True):
-            yield safely(pair, write_vqa, out, pair, images[pair.image], result, models, alpha, colormap, run)
-
-    records, failures = run_batches(inputs, total, batch_size, "questions", jsonl, quiet, process)
+    task = VQATask(pipeline, out, models, torch.Generator().manual_seed(seed), alpha, colormap, run)
+    records, failures = run_task(inputs, total, task, batch_size, jsonl, quiet)
     if not jsonl and records:
         print_table(
             ["image", "question", "answer", "answer map"],
@@ -308,35 +249,13 @@ def score(
 
       fusioncam score photos/ "a red car" --recursive --jsonl
     """
+    from fusioncam.runner import ScoreTask
+
     inputs, total = pair_inputs(image, texts or [], pairs, recursive)
     check_device(device)
     matcher = load_matcher(model, device)
-    run = run_info(matcher, None, itm=model)
-
-    def process(batch: list[Pair]) -> Iterator[tuple[Pair, Outcome]]:
-        from fusioncam.outputs import score_record
-        from fusioncam.text import clean_caption
-
-        images, reasons = decode_images(batch)
-        runnable = []
-        for pair in batch:
-            if pair.image in reasons:
-                yield pair, reasons[pair.image]
-            elif not clean_caption(pair.text):
-                yield pair, "the text is empty after cleaning: give at least one word"
-            else:
-                runnable.append(pair)
-        if not runnable:
-            return
-        order = list(dict.fromkeys(pair.image for pair in runnable))
-        embeds = matcher.embed_images([images[path] for path in order])
-        index = [order.index(pair.image) for pair in runnable]
-        scores = matcher.scores(embeds[index], [pair.text for pair in runnable])
-        for pair, result in zip(runnable, scores, strict=True):
-            _warn_truncated(pair, result.truncated)
-            yield pair, score_record(pair, result, matcher.name) | {"run": run}
-
-    records, failures = run_batches(inputs, total, batch_size, "pairs", jsonl, quiet, process)
+    task = ScoreTask(matcher, run_info(matcher, None, itm=model), on_truncated=warn_truncated)
+    records, failures = run_task(inputs, total, task, batch_size, jsonl, quiet)
     if not jsonl and records:
         ranked = sorted(records, key=lambda r: (r["image"], -r["itm_score"]))
         print_table(

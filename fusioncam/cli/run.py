@@ -1,4 +1,4 @@
-"""Batch runs of the per-pair commands: inputs → batches → a command's `process` → records on stdout and files.
+"""The command-line side of batch runs: pairs from the arguments, and reporting what `fusioncam.runner` yields.
 
 Every pair is reported in input order (a JSONL line, or a failure on stderr), failures never stop the run, and the
 exit code says whether everything was done.
@@ -8,24 +8,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 
-from fusioncam.cli.common import progress, stderr, usage_error
+from fusioncam.cli.common import progress, stderr, usage_error, warn
 
 if TYPE_CHECKING:
-    import numpy as np
-
-    from fusioncam.api import BlipMatcher, Heatmap, SamRefiner
-    from fusioncam.explain.refine import Refined
     from fusioncam.inputs import Failure, Pair
-
-Outcome = dict | str  # the record written for a pair, or why it failed
-Process = Callable[[list["Pair"]], Iterator[tuple["Pair", Outcome]]]
+    from fusioncam.runner import Task
 
 # Words a boolean flag's value would be: `--recursive true` makes "true" the text, which is never what was meant.
 _FLAG_VALUES = frozenset({"true", "false", "yes", "no", "on", "off"})
@@ -87,63 +81,36 @@ def _nothing_to_do(message: str) -> int:
     return 0
 
 
-def decode_images(batch: list[Pair]) -> tuple[dict[Path | str, np.ndarray], dict[Path | str, str]]:
-    """Each distinct image of a batch decoded once; failures as reasons."""
-    from fusioncam.images import ImageDecodeError, load_image_source
-
-    images, reasons = {}, {}
-    for source in dict.fromkeys(pair.image for pair in batch):
-        try:
-            images[source] = load_image_source(source)
-        except ImageDecodeError as error:
-            reasons[source] = str(error)
-    return images, reasons
-
-
 def failure_record(failure: Failure) -> dict[str, Any]:
     return {"image": failure.image, "text": failure.text, "error": failure.reason, "origin": failure.origin}
 
 
-def run_batches(
-    inputs: Iterator[Pair | Failure], total: int | None, batch_size: int, label: str, jsonl: bool, quiet: bool,
-    process: Process,
-) -> tuple[list[dict], list[Failure]]:  # fmt: skip
-    """Feed batches of pairs to `process`, report each result (a JSONL line) or failure, keep going on errors."""
-    from fusioncam.inputs import Failure, Pair, batched, image_label
+def run_task(
+    inputs: Iterator[Pair | Failure], total: int | None, task: Task, batch_size: int, jsonl: bool, quiet: bool
+) -> tuple[list[dict], list[Failure]]:
+    """Run `task` over the inputs with the library's runner and report each outcome as it comes: a JSONL line on
+    stdout (with `jsonl`), a one-line failure on stderr. Failures never stop the run."""
+    from fusioncam.runner import as_failure, run
 
     records: list[dict] = []
     failures: list[Failure] = []
-
-    def report_failure(failure: Failure) -> None:
-        failures.append(failure)
-        about = f" ({failure.text!r})" if failure.text is not None else ""
-        stderr.print(f"[red]failed[/red] {escape(failure.origin)}{escape(about)}: {escape(failure.reason)}")
-        if jsonl:
-            print(json.dumps(failure_record(failure), ensure_ascii=False), flush=True)
-
-    with progress(label, total, quiet) as bar:
-        for chunk in batched(inputs, batch_size):
-            outcomes = {id(pair): outcome for pair, outcome in process([i for i in chunk if isinstance(i, Pair)])}
-            for item in chunk:  # reported in input order, so that JSONL output lines up with its input
-                outcome = item if isinstance(item, Failure) else outcomes[id(item)]
-                if isinstance(outcome, Failure):
-                    report_failure(outcome)
-                elif isinstance(outcome, str):
-                    report_failure(Failure(item.origin, outcome, image_label(item.image), item.text))
-                else:
-                    records.append(outcome)
-                    if jsonl:
-                        print(json.dumps(outcome, ensure_ascii=False), flush=True)
-            bar.advance(len(chunk))
+    with progress(task.label, total, quiet) as bar:
+        for item, outcome in run(inputs, task, batch_size, bar.advance):
+            failure = as_failure(item, outcome)
+            if failure is not None:
+                failures.append(failure)
+                about = f" ({failure.text!r})" if failure.text is not None else ""
+                stderr.print(f"[red]failed[/red] {escape(failure.origin)}{escape(about)}: {escape(failure.reason)}")
+            else:
+                assert isinstance(outcome, dict)
+                records.append(outcome)
+            if jsonl:
+                print(json.dumps(failure_record(failure) if failure else outcome, ensure_ascii=False), flush=True)
     return records, failures
 
 
-def safely(pair: Pair, write: Callable[..., dict], *args: Any, **kwargs: Any) -> tuple[Pair, Outcome]:
-    """Write a pair's outputs; a file-system error fails that pair only."""
-    try:
-        return pair, write(*args, **kwargs)
-    except OSError as error:
-        return pair, f"cannot write outputs: {error}"
+def warn_truncated(pair: Pair) -> None:
+    warn(f"{pair.origin}: text longer than the model reads, truncated: {pair.text!r}")
 
 
 def finish(records: list[dict], failures: list[Failure], what: str, out: Path | None) -> None:
@@ -151,46 +118,3 @@ def finish(records: list[dict], failures: list[Failure], what: str, out: Path | 
     stderr.print(f"{len(records)} {what}{where}" + (f", [red]{len(failures)} failed[/red]" if failures else ""))
     if failures:
         raise typer.Exit(1)
-
-
-def heatmap_results(
-    matcher: BlipMatcher, batch: list[Pair], block: int, per_word: bool
-) -> Iterator[tuple[Pair, np.ndarray | None, Heatmap | str]]:
-    """(pair, image, Heatmap) or (pair, None, reason) per pair; each distinct image is encoded once."""
-    from fusioncam.text import clean_caption
-
-    images, reasons = decode_images(batch)
-    runnable = []
-    for pair in batch:
-        if pair.image in reasons:
-            yield pair, None, reasons[pair.image]
-        elif not clean_caption(pair.text):
-            yield pair, None, "the text is empty after cleaning: give at least one word"
-        else:
-            runnable.append(pair)
-    if not runnable:
-        return
-    order = list(dict.fromkeys(pair.image for pair in runnable))
-    embeds = matcher.embed_images([images[path] for path in order])
-    index = [order.index(pair.image) for pair in runnable]
-    results = matcher.heatmaps(embeds[index], [pair.text for pair in runnable], block=block, per_word=per_word)
-    for pair, result in zip(runnable, results, strict=True):
-        yield pair, images[pair.image], result
-
-
-def refined_results(
-    matcher: BlipMatcher, refiner: SamRefiner, batch: list[Pair], block: int, per_word: bool
-) -> Iterator[tuple[Pair, np.ndarray | None, Heatmap | str, Refined | None]]:
-    """Heatmap results with the SAM refinement of each (image, map)."""
-    import numpy as np
-
-    explained = list(heatmap_results(matcher, batch, block, per_word))
-    ok = [(pair, image, result) for pair, image, result in explained if image is not None]
-    refined = (
-        refiner.refine([p.image for p, _, _ in ok], [i for _, i, _ in ok], np.stack([r.heatmap for _, _, r in ok]))
-        if ok
-        else []
-    )
-    by_pair = {id(pair): item for (pair, _, _), item in zip(ok, refined, strict=True)}
-    for pair, image, result in explained:
-        yield pair, image, result, by_pair.get(id(pair))

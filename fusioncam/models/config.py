@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import fields, is_dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-Config = TypeVar("Config")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Config = TypeVar("Config", bound="DataclassInstance")
 
 
 def merge_config(config: Config, values: dict[str, Any]) -> Config:
@@ -19,7 +22,7 @@ def merge_config(config: Config, values: dict[str, Any]) -> Config:
         if key not in known:
             raise ValueError(f"unknown {type(config).__name__} field {key!r}; known: {', '.join(sorted(known))}")
         current = getattr(config, key)
-        if is_dataclass(current):
+        if is_dataclass(current) and not isinstance(current, type):
             value = merge_config(current, value)
         elif isinstance(current, tuple) and isinstance(value, list):
             value = tuple(value)

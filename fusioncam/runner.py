@@ -1,0 +1,235 @@
+"""One path through every per-pair command: inputs → batches with each distinct image decoded once → a task →
+results in input order.
+
+A task turns a decoded batch into one outcome per pair: the record it wrote, or why that pair failed. The tasks
+here are the commands' (`heatmap` in every encoder mode, `segment`, `score`, `vqa`); Python users get the same
+runner the CLI has, and a new command is a new task:
+
+    from fusioncam.runner import HeatmapTask, run
+    task = HeatmapTask(matcher, out=Path("maps"), block=6)
+    for item, outcome in run(pairs_from_path(Path("photos"), ["a dog"]), task, batch_size=8):
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from fusioncam.api import BlipMatcher, Explained, SamRefiner, explain_pairs
+from fusioncam.images import ImageDecodeError, load_image_source
+from fusioncam.inputs import Failure, ImageRef, Pair, batched, image_label
+from fusioncam.outputs import score_record, write_heatmap, write_segment, write_vqa
+from fusioncam.text import clean_caption
+from fusioncam.vqa import PNPVQA
+
+Outcome = dict | str  # the record written for a pair, or why it failed
+
+EMPTY_TEXT = "the text is empty after cleaning: give at least one word"
+
+
+@dataclass
+class Batch:
+    """Pairs with their images decoded: each distinct image once; `reasons` says why an image could not be."""
+
+    pairs: list[Pair]
+    images: dict[ImageRef, np.ndarray] = field(default_factory=dict)
+    reasons: dict[ImageRef, str] = field(default_factory=dict)
+
+    @classmethod
+    def decode(cls, pairs: list[Pair]) -> Batch:
+        batch = cls(pairs)
+        for source in dict.fromkeys(pair.image for pair in pairs):
+            try:
+                batch.images[source] = load_image_source(source)
+            except ImageDecodeError as error:
+                batch.reasons[source] = str(error)
+        return batch
+
+    def split(
+        self, check: Callable[[Pair], str | None] = lambda pair: None
+    ) -> tuple[list[Pair], list[tuple[Pair, str]]]:
+        """The pairs to run, and those that cannot run (an image that did not decode, or what `check` says)."""
+        runnable, failed = [], []
+        for pair in self.pairs:
+            reason = self.reasons.get(pair.image) or check(pair)
+            if reason:
+                failed.append((pair, reason))
+            else:
+                runnable.append(pair)
+        return runnable, failed
+
+
+class Task(Protocol):
+    """What a command does with a batch: one outcome per runnable pair (failures included), in any order."""
+
+    label: str
+
+    def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Outcome]]: ...
+
+
+def run(
+    inputs: Iterable[Pair | Failure], task: Task, batch_size: int, on_batch: Callable[[int], None] | None = None
+) -> Iterator[tuple[Pair | Failure, Outcome | Failure]]:
+    """Every input with its outcome, in input order (so that JSONL output lines up with its input); a failure never
+    stops the run. `on_batch(n)` hears how many inputs each batch settled."""
+    for chunk in batched(inputs, batch_size):
+        pairs = [item for item in chunk if isinstance(item, Pair)]
+        outcomes = {id(pair): outcome for pair, outcome in task(Batch.decode(pairs))} if pairs else {}
+        for item in chunk:
+            yield item, item if isinstance(item, Failure) else outcomes[id(item)]
+        if on_batch is not None:
+            on_batch(len(chunk))
+
+
+def as_failure(item: Pair | Failure, outcome: Outcome | Failure) -> Failure | None:
+    """The failure an outcome stands for (None for a written record)."""
+    if isinstance(outcome, Failure):
+        return outcome
+    if isinstance(outcome, str):
+        assert isinstance(item, Pair)
+        return Failure(item.origin, outcome, image_label(item.image), item.text)
+    return None
+
+
+def _written(pair: Pair, write: Callable[..., dict], *args: object, **kwargs: object) -> tuple[Pair, Outcome]:
+    """Write a pair's outputs; a file-system error fails that pair only."""
+    try:
+        return pair, write(*args, **kwargs)
+    except OSError as error:
+        return pair, f"cannot write outputs: {error}"
+
+
+def _text_check(pair: Pair) -> str | None:
+    return None if clean_caption(pair.text) else EMPTY_TEXT
+
+
+def _explained(
+    batch: Batch, matcher: BlipMatcher, block: int, per_word: bool, refiner: SamRefiner | None
+) -> tuple[list[tuple[Pair, Explained]], list[tuple[Pair, str]]]:
+    runnable, failed = batch.split(_text_check)
+    if not runnable:
+        return [], failed
+    explained = explain_pairs(
+        matcher,
+        [batch.images[pair.image] for pair in runnable],
+        [pair.text for pair in runnable],
+        keys=[pair.image for pair in runnable],
+        block=block,
+        per_word=per_word,
+        refiner=refiner,
+    )
+    return list(zip(runnable, explained, strict=True)), failed
+
+
+@dataclass
+class HeatmapTask:
+    """`heatmap`: Grad-CAM (refined by SAM with a refiner) → overlay, raw map, per-word sheet, JSON per pair."""
+
+    matcher: BlipMatcher
+    out: Path
+    block: int = 6
+    per_word: bool = False
+    refiner: SamRefiner | None = None
+    alpha: float = 0.5
+    colormap: str = "jet"
+    save_mask: bool = False
+    run_info: dict | None = None
+    on_truncated: Callable[[Pair], None] | None = None
+    label: str = "heatmaps"
+
+    def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Outcome]]:
+        explained, failed = _explained(batch, self.matcher, self.block, self.per_word, self.refiner)
+        yield from failed
+        for pair, item in explained:
+            _tell_truncated(self.on_truncated, pair, item.heatmap.truncated)
+            yield _written(
+                pair, write_heatmap, self.out, pair, batch.images[pair.image], item.heatmap, self.matcher.name,
+                self.alpha, self.colormap, refined=item.refined, save_mask=self.save_mask, run=self.run_info,
+            )  # fmt: skip
+
+
+@dataclass
+class SegmentTask:
+    """`segment`: heatmap → SAM mask of the named object → mask, cut-out, overlay with prompts, JSON per pair."""
+
+    matcher: BlipMatcher
+    refiner: SamRefiner
+    out: Path
+    block: int = 6
+    run_info: dict | None = None
+    on_truncated: Callable[[Pair], None] | None = None
+    label: str = "masks"
+
+    def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Outcome]]:
+        explained, failed = _explained(batch, self.matcher, self.block, False, self.refiner)
+        yield from failed
+        for pair, item in explained:
+            assert item.refined is not None
+            _tell_truncated(self.on_truncated, pair, item.heatmap.truncated)
+            picture = batch.images[pair.image]
+            yield _written(
+                pair, write_segment, self.out, pair, picture, item.heatmap, item.refined, self.matcher.name,
+                self.run_info,
+            )  # fmt: skip
+
+
+@dataclass
+class ScoreTask:
+    """`score`: ITM match probability and ITC similarity per pair; records only, no files."""
+
+    matcher: BlipMatcher
+    run_info: dict | None = None
+    on_truncated: Callable[[Pair], None] | None = None
+    label: str = "pairs"
+
+    def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Outcome]]:
+        runnable, failed = batch.split(_text_check)
+        yield from failed
+        if not runnable:
+            return
+        distinct = list(dict.fromkeys(pair.image for pair in runnable))
+        tokens = self.matcher.embed_images([batch.images[source] for source in distinct])
+        rows = torch.tensor([distinct.index(pair.image) for pair in runnable], device=tokens.device)
+        for pair, result in zip(runnable, self.matcher.scores(tokens[rows], [p.text for p in runnable]), strict=True):
+            _tell_truncated(self.on_truncated, pair, result.truncated)
+            record = score_record(pair, result, self.matcher.name)
+            yield pair, record | ({"run": self.run_info} if self.run_info else {})
+
+
+@dataclass
+class VQATask:
+    """`vqa`: PNP-VQA answer per (image, question) → question map, answer map, captions' contributions, JSON."""
+
+    pipeline: PNPVQA
+    out: Path
+    models: dict[str, str]
+    generator: torch.Generator
+    alpha: float = 0.5
+    colormap: str = "jet"
+    run_info: dict | None = None
+    label: str = "questions"
+
+    def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Outcome]]:
+        runnable, failed = batch.split()
+        yield from failed
+        if not runnable:
+            return
+        images = [batch.images[pair.image] for pair in runnable]
+        results = self.pipeline.answer(
+            images, [pair.text for pair in runnable], self.generator, keys=[pair.image for pair in runnable]
+        )
+        for pair, image, result in zip(runnable, images, results, strict=True):
+            yield _written(
+                pair, write_vqa, self.out, pair, image, result, self.models, self.alpha, self.colormap, self.run_info
+            )
+
+
+def _tell_truncated(on_truncated: Callable[[Pair], None] | None, pair: Pair, truncated: bool) -> None:
+    if truncated and on_truncated is not None:
+        on_truncated(pair)
