@@ -508,6 +508,16 @@ class SamRefiner:
         )
 
 
+def distinct_images(images: Sequence[np.ndarray], keys: Sequence[Hashable]) -> tuple[list[np.ndarray], torch.Tensor]:
+    """The distinct images of a batch (equal keys: the same image; first seen first), and for each pair the row of
+    its image among them: encode the distinct ones, then index the rows, and no image is encoded twice."""
+    first: dict[Hashable, int] = {}
+    for position, key in enumerate(keys):
+        first.setdefault(key, position)
+    order = list(first)
+    return [images[first[key]] for key in order], torch.tensor([order.index(key) for key in keys])
+
+
 @dataclass
 class Explained:
     """A pair's heatmap and, when a refiner was given, its SAM refinement; `map` is the one to show and score."""
@@ -537,13 +547,9 @@ def explain_pairs(
     explaining a batch of pairs is written; the commands, `evaluate` and PNP-VQA all go through it.
     """
     own = list(keys) if keys is not None else [object() for _ in images]
-    first: dict[Hashable, int] = {}  # where each distinct image is first seen
-    for position, key in enumerate(own):
-        first.setdefault(key, position)
-    distinct = list(first)
-    tokens = matcher.embed_images([images[first[key]] for key in distinct])
-    rows = torch.tensor([distinct.index(key) for key in own], device=tokens.device)
-    heatmaps = matcher.heatmaps(tokens[rows], texts, block=block, per_word=per_word, clean=clean)
+    distinct, rows = distinct_images(images, own)
+    tokens = matcher.embed_images(distinct)
+    heatmaps = matcher.heatmaps(tokens[rows.to(tokens.device)], texts, block=block, per_word=per_word, clean=clean)
     if refiner is None:
         return [Explained(heatmap) for heatmap in heatmaps]
     refined = refiner.refine(own, images, torch.stack([heatmap.heatmap for heatmap in heatmaps]))

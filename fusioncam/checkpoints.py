@@ -14,12 +14,19 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
 from fusioncam.models.layers import resample_position_embedding
+
+if TYPE_CHECKING:
+    from transformers import T5ForConditionalGeneration
+
+    from fusioncam.models.blip import BlipCaption, BlipITM
+    from fusioncam.models.difnet import DifnetEncoder
 
 
 class CheckpointError(ValueError):
@@ -193,14 +200,14 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source
 
 
 def load_blip_itm_weights(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], layout: str, source: str = "checkpoint"
+    model: BlipITM, state_dict: Mapping[str, torch.Tensor], layout: str, source: str = "checkpoint"
 ) -> list[str]:
     """Load a LAVIS, Hugging Face or fusioncam BLIP ITM state dict into `BlipITM`; returns the ignored keys."""
     return _load_blip(model, state_dict, BLIP_ITM_LAYOUTS, layout, source)
 
 
 def _load_blip(
-    model: nn.Module,
+    model: BlipITM | BlipCaption,
     state_dict: Mapping[str, torch.Tensor],
     layouts: Mapping[str, Layout],
     layout: str,
@@ -257,7 +264,7 @@ def difnet_encoder_layout(fusion_layer: int, num_layers: int) -> Layout:
 
 
 def load_difnet_encoder_weights(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+    model: DifnetEncoder, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
 ) -> list[str]:
     """Load an original `DifnetEncoder` state dict into our `DifnetEncoder`; returns the ignored (unused) keys."""
     layout = difnet_encoder_layout(model.config.Lf, model.config.N)
@@ -315,7 +322,9 @@ def drop_tied(state_dict: Mapping[str, torch.Tensor], tied: tuple[str, ...], sou
     return {key: value for key, value in state_dict.items() if key not in tied[1:]}
 
 
-def load_t5_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> list[str]:
+def load_t5_weights(
+    model: T5ForConditionalGeneration, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> list[str]:
     """Load a `T5ForConditionalGeneration` state dict strictly into `model` (that class); returns the ignored keys.
 
     The tied embedding may be stored once or under all its names; afterwards the model's four names share one
@@ -367,7 +376,7 @@ BLIP_CAPTION_LAYOUTS = {layout.name: layout for layout in (LAVIS_BLIP_CAPTION, H
 
 
 def load_blip_caption_weights(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], layout: str, source: str = "checkpoint"
+    model: BlipCaption, state_dict: Mapping[str, torch.Tensor], layout: str, source: str = "checkpoint"
 ) -> list[str]:
     """Load a LAVIS, Hugging Face or fusioncam BLIP captioner state dict into `BlipCaption`; returns ignored keys."""
     for group in CAPTION_TIED_KEYS:

@@ -134,7 +134,7 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     if bgr is None:
         raise ImageDecodeError(name, _decode_failure_reason(image_format))
     if bgr.dtype == np.uint16:
-        bgr = (bgr >> 8).astype(np.uint8)
+        bgr = np.right_shift(bgr, 8).astype(np.uint8)
     elif bgr.dtype != np.uint8:
         raise ImageDecodeError(name, f"unsupported sample type {bgr.dtype} (only 8- and 16-bit images are read)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

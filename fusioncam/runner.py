@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from fusioncam.api import BlipMatcher, Explained, SamRefiner, explain_pairs
+from fusioncam.api import BlipMatcher, Explained, SamRefiner, distinct_images, explain_pairs
 from fusioncam.images import ImageDecodeError, load_image_source
 from fusioncam.inputs import Failure, ImageRef, Pair, batched, image_label
 from fusioncam.outputs import score_record, write_heatmap, write_segment, write_vqa
@@ -193,10 +193,11 @@ class ScoreTask:
         yield from failed
         if not runnable:
             return
-        distinct = list(dict.fromkeys(pair.image for pair in runnable))
-        tokens = self.matcher.embed_images([batch.images[source] for source in distinct])
-        rows = torch.tensor([distinct.index(pair.image) for pair in runnable], device=tokens.device)
-        for pair, result in zip(runnable, self.matcher.scores(tokens[rows], [p.text for p in runnable]), strict=True):
+        images = [batch.images[pair.image] for pair in runnable]
+        distinct, rows = distinct_images(images, [pair.image for pair in runnable])
+        tokens = self.matcher.embed_images(distinct)
+        scores = self.matcher.scores(tokens[rows.to(tokens.device)], [pair.text for pair in runnable])
+        for pair, result in zip(runnable, scores, strict=True):
             _tell_truncated(self.on_truncated, pair, result.truncated)
             record = score_record(pair, result, self.matcher.name)
             yield pair, record | ({"run": self.run_info} if self.run_info else {})

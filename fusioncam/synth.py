@@ -285,12 +285,13 @@ def _background(rng: np.random.Generator, kind: str, image_size: int) -> np.ndar
     n = image_size
     y, x = np.mgrid[0:n, 0:n].astype(np.float32)
     scale = n / 64  # pattern periods are chosen for 64 px and grow with the image
+    pattern: np.ndarray
     if kind == "plain":
         pattern = np.zeros((n, n), np.float32)
     elif kind == "noise":
         coarse = rng.standard_normal((n // 8 + 2, n // 8 + 2)).astype(np.float32)
         pattern = cv2.resize(coarse, (n, n), interpolation=cv2.INTER_CUBIC)
-        pattern /= max(float(np.abs(pattern).max()), 1e-6)
+        pattern = pattern / max(float(np.abs(pattern).max()), 1e-6)
     elif kind == "stripes":
         angle, period = rng.uniform(0, math.pi), rng.uniform(6, 16) * scale
         pattern = np.where(np.sin(2 * math.pi * (x * math.cos(angle) + y * math.sin(angle)) / period) >= 0, 1, -1)

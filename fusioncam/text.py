@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -72,8 +73,9 @@ class BlipTokenizer:
         self._tokenizer.add_special_tokens({"bos_token": "[DEC]"})
         self._tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
         self.max_length = max_length
-        self.enc_token_id = self._tokenizer.convert_tokens_to_ids("[ENC]")
-        self.bos_token_id = self._tokenizer.convert_tokens_to_ids("[DEC]")
+        # transformers types the token → id conversions for one token and for a list alike (no overloads).
+        self.enc_token_id = cast(int, self._tokenizer.convert_tokens_to_ids("[ENC]"))
+        self.bos_token_id = cast(int, self._tokenizer.convert_tokens_to_ids("[DEC]"))
         self.pad_token_id = self._tokenizer.pad_token_id
         self.sep_token_id = self._tokenizer.sep_token_id
 
@@ -127,4 +129,4 @@ class BlipTokenizer:
         return self._tokenizer.batch_decode(input_ids.tolist(), skip_special_tokens=True)
 
     def tokens(self, input_ids: torch.Tensor) -> list[list[str]]:
-        return [self._tokenizer.convert_ids_to_tokens(row.tolist()) for row in input_ids]
+        return [cast(list[str], self._tokenizer.convert_ids_to_tokens(row.tolist())) for row in input_ids]

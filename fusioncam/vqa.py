@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fusioncam.api import BlipMatcher, Captioner, QuestionAnswerer, SamRefiner, explain_pairs
+from fusioncam.api import BlipMatcher, Captioner, QuestionAnswerer, SamRefiner, distinct_images, explain_pairs
 from fusioncam.models.decoding import DecodingConfig
 from fusioncam.models.t5_fid import DEFAULT_MAX_NEW_TOKENS, FiDEncoding
 from fusioncam.text import clean_question
@@ -103,9 +103,11 @@ class PNPVQA:
     ) -> list[VQAResult]:
         """Answer question i about image i, for a batch of pairs; `generator` makes sampling repeatable.
 
-        `keys` name the images (e.g. paths) so that the refiner encodes an image asked several questions once.
+        `keys` name the images (e.g. paths): an image asked several questions is encoded once by BLIP, by SAM and by
+        the captioner. Without keys every image is taken as distinct.
         """
         config, seconds = self.config, {}
+        keys = list(keys) if keys is not None else [object() for _ in images]
         with _timed(seconds, "heatmap"):
             explained = explain_pairs(
                 self.matcher,
@@ -118,7 +120,7 @@ class PNPVQA:
             )
         maps = torch.stack([item.map for item in explained])
         with _timed(seconds, "captions"):
-            evidence = self._captions(images, maps.flatten(1), generator)
+            evidence = self._captions(images, keys, maps.flatten(1), generator)
         grid = tuple(maps.shape[1:])
         answers: list[str] = [""] * len(questions)
         answer_maps: list[torch.Tensor | None] = [None] * len(questions)
@@ -149,11 +151,17 @@ class PNPVQA:
         ]
 
     def _captions(
-        self, images: Sequence[np.ndarray], gradcams: torch.Tensor, generator: torch.Generator | None
+        self,
+        images: Sequence[np.ndarray],
+        keys: Sequence[object],
+        gradcams: torch.Tensor,
+        generator: torch.Generator | None,
     ) -> list[list[Evidence]]:
         """Sample patch sets from each question's heatmap and caption them until enough distinct captions."""
         config, captioner = self.config, self.captioner
-        image_embeds = captioner.embed_images(images)
+        distinct, rows = distinct_images(images, keys)
+        image_embeds = captioner.embed_images(distinct)
+        image_embeds = image_embeds[rows.to(image_embeds.device)]
         weights = _sampling_weights(gradcams, config.num_patches).to(image_embeds.device)
         batch = len(images)
         decoding = DecodingConfig(

@@ -358,8 +358,9 @@ def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, A
     merged = dict(base)
     for key, value in override.items():
         current = merged.get(key)
-        both_tables = isinstance(current, dict) and isinstance(value, dict)
-        merged[key] = _merged(current, value) if both_tables else value
+        if isinstance(current, dict) and isinstance(value, dict):
+            value = _merged(current, value)
+        merged[key] = value
     return merged
 
 

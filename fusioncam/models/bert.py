@@ -169,20 +169,20 @@ class TextLayer(nn.Module):
 class LayerCache:
     """Keys and values one decoder layer has seen so far, and those of the image it cross-attends to."""
 
-    keys: torch.Tensor | None = None
-    values: torch.Tensor | None = None
+    seen: tuple[torch.Tensor, torch.Tensor] | None = None  # (keys, values) of the tokens so far
     cross: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def extend(self, keys_values: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = keys_values
-        if self.keys is not None:
-            keys, values = torch.cat([self.keys, keys], dim=2), torch.cat([self.values, values], dim=2)
-        self.keys, self.values = keys, values
+        if self.seen is not None:
+            keys, values = torch.cat([self.seen[0], keys], dim=2), torch.cat([self.seen[1], values], dim=2)
+        self.seen = keys, values
         return keys, values
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep the rows `index` (beam search reorders and duplicates hypotheses)."""
-        self.keys, self.values = self.keys[index], self.values[index]
+        if self.seen is not None:
+            self.seen = (self.seen[0][index], self.seen[1][index])
         if self.cross is not None:
             self.cross = (self.cross[0][index], self.cross[1][index])
 

@@ -45,7 +45,7 @@ class DifnetConfig:
     d_ff: int = 2048
     dropout: float = 0.1
     attention_dropout: float = 0.1  # on the attention probabilities; the original hard-codes 0.1
-    padding_idx: int = 0  # a row whose features sum to exactly this value is padding
+    padding_idx: float = 0  # a row whose features sum to exactly this value is padding
     d_in: int = 768  # accepted like the original's and unused: inputs must already be `d_model` wide
 
     def __post_init__(self) -> None:
@@ -75,7 +75,7 @@ class DifnetOutput:
     attention_mask: torch.Tensor
 
 
-def feature_padding_mask(features: torch.Tensor, padding_idx: int) -> torch.Tensor:
+def feature_padding_mask(features: torch.Tensor, padding_idx: float) -> torch.Tensor:
     """[B, S, D] features → [B, 1, 1, S] bool, True where a row's features sum to exactly `padding_idx`.
 
     This is the original's rule: zero-filled rows are padding, and so (rarely) is a real row that sums to it.

@@ -111,7 +111,7 @@ def pack(glyphs: dict[int, Glyph]) -> dict[str, np.ndarray]:
 def main(hex_dir: str, otf_dir: str, out: str) -> None:
     glyphs = hex_glyphs(Path(hex_dir) / "unifont.hex", Path(hex_dir) / "plane00-combining.txt")
     glyphs |= outline_glyphs(Path(otf_dir) / "unifont_upper.otf", PLANE1_BLOCKS)
-    np.savez_compressed(out, **pack(glyphs))
+    np.savez_compressed(out, allow_pickle=False, **pack(glyphs))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ LABEL_EMBEDDINGS = {
 class PositionEmbeddingRandom(nn.Module):
     """[..., 2] coordinates in [0, 1] (x, y) → [..., 2·F] features [sin(2π·p), cos(2π·p)], p = (2c − 1) @ G."""
 
+    positional_encoding_gaussian_matrix: torch.Tensor  # G [2, F], a buffer
+
     def __init__(self, num_features: int) -> None:
         super().__init__()
         self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(2, num_features))
