@@ -26,7 +26,8 @@ from fusioncam.checkpoints import (
     read_state_dict,
 )
 from fusioncam.explain.gradcam import compute_gradcam
-from fusioncam.explain.refine import Refined, SamImage, embed_images, refine_heatmaps
+from fusioncam.explain.refine import Refined, SamImage, refine_heatmaps
+from fusioncam.explain.refine import embed_images as embed_for_sam
 from fusioncam.fusion_checkpoint import load_fusion
 from fusioncam.images import BLIP_MEAN, BLIP_STD, ImageTransform
 from fusioncam.models.blip import BlipCaption, BlipCaptionConfig, BlipITM, BlipITMConfig
@@ -80,52 +81,31 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-@torch.no_grad()
-def sam_embeddings(sam: EfficientSam, images: Sequence[np.ndarray]) -> torch.Tensor:
-    """EfficientSAM image embeddings [B, C, h, w] of RGB uint8 images of any sizes (each resized by SAM itself)."""
-    device = next(sam.parameters()).device
-    return torch.cat(
-        [
-            sam.embed(torch.from_numpy(image).permute(2, 0, 1)[None].to(device).float() / 255).embeddings
-            for image in images
-        ]
-    )
-
-
-@dataclass
-class FusedEncoder:
-    """Image tokens of the `fused` mode: BLIP ViT tokens + gate · DIFNet(ViT tokens, EfficientSAM tokens)."""
-
-    fusion: BlipFusionITM
-    sam: EfficientSam
-
-    @torch.no_grad()
-    def __call__(self, vit_tokens: torch.Tensor, images: Sequence[np.ndarray]) -> torch.Tensor:
-        return self.fusion.fusion(vit_tokens, sam_embeddings(self.sam, images).to(vit_tokens.device))
-
-
 class BlipMatcher:
     """A loaded BLIP ITM preset: model, tokenizer and the preprocessing its weights expect.
 
-    With a `fused` encoder, image tokens come from the trained fusion of BLIP's ViT and EfficientSAM; everything
-    after the image tokens (ITM, ITC, Grad-CAM) is BLIP's own, so the same methods serve both modes.
+    In the `fused` mode `model` is a `BlipFusionITM` and `sam` the EfficientSAM it was trained with: image tokens
+    come from the fusion of BLIP's ViT and SAM; everything after the image tokens (ITM, ITC, Grad-CAM) is BLIP's
+    own, which `BlipFusionITM` answers as `BlipITM` does, so the same methods serve both modes.
     """
 
     def __init__(
         self,
-        model: BlipITM,
+        model: BlipITM | BlipFusionITM,
         tokenizer: BlipTokenizer,
         transform: ImageTransform,
         name: str = "blip-itm",
         device: torch.device | str = "cpu",
-        fused: FusedEncoder | None = None,
+        sam: EfficientSam | None = None,
     ) -> None:
+        if isinstance(model, BlipFusionITM) != (sam is not None):
+            raise ValueError("a fused model needs its EfficientSAM, and only a fused model takes one")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.transform = transform
         self.name = name
-        self.fused = fused
+        self.sam = sam
 
     @property
     def num_blocks(self) -> int:
@@ -134,8 +114,13 @@ class BlipMatcher:
     @torch.no_grad()
     def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """RGB uint8 images → image tokens [B, 1 + N, Dv] on the model's device (fused when so loaded)."""
-        tokens = self.model.encode_image(self.transform(images).to(self.device))
-        return tokens if self.fused is None else self.fused(tokens, images)
+        pixels = self.transform(images).to(self.device)
+        if self.sam is None:
+            assert isinstance(self.model, BlipITM)
+            return self.model.encode_image(pixels)
+        assert isinstance(self.model, BlipFusionITM)
+        embedded = embed_for_sam(self.sam, images, max_side=None)  # SAM resizes them itself, as in training
+        return self.model.encode_image(pixels, torch.stack([image.embedding for image in embedded]).to(self.device))
 
     def _encode(self, texts: Sequence[str], clean: Callable[[str], str] = clean_caption):
         cleaned = [clean(text) for text in texts]
@@ -229,7 +214,7 @@ class Captioner:
 
     @property
     def device(self) -> torch.device:
-        return self.model.vision_encoder.cls_token.device
+        return self.model.device
 
     @torch.no_grad()
     def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -246,7 +231,7 @@ class QuestionAnswerer:
 
     @property
     def device(self) -> torch.device:
-        return self.model.model.shared.weight.device
+        return self.model.device
 
     def tokenize(self, passages: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Passages per question → ids and mask [B, n, L], padded to the longest passage of the batch."""
@@ -435,8 +420,8 @@ def load(
     model = chosen.build(preset, files, target)
     if fusion is not None:
         sam_model = load_sam(sam, device=device, download=download)
-        fused = load_fusion(fusion, model.model.to(target), preset.name, get_preset(sam).name).to(target).eval()
-        model.fused = FusedEncoder(fused, sam_model)
+        fused = load_fusion(fusion, model.model, preset.name, get_preset(sam).name)
+        return BlipMatcher(fused, model.tokenizer, model.transform, name=preset.name, device=target, sam=sam_model)
     return model
 
 
@@ -486,7 +471,7 @@ class SamRefiner:
     def embed(self, keys: Sequence[Any], images: Sequence[np.ndarray]) -> list[SamImage]:
         missing = {key: image for key, image in zip(keys, images, strict=True) if key not in self._cache}
         if missing:
-            for key, embedded in zip(missing, embed_images(self.sam, list(missing.values())), strict=True):
+            for key, embedded in zip(missing, embed_for_sam(self.sam, list(missing.values())), strict=True):
                 self._cache[key] = embedded
         for key in keys:
             self._cache.move_to_end(key)

@@ -715,7 +715,7 @@ def _click(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
 @torch.no_grad()
 def segment_clicks(sam: EfficientSam, image: np.ndarray, clicks: Sequence[tuple[int, int]]) -> np.ndarray:
     """SAM's first mask [Q, H, W] (bool, image resolution) for each single foreground click (x, y) on `image`."""
-    device = next(sam.parameters()).device
+    device = sam.device
     pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(device) / 255
     points = torch.tensor(clicks, dtype=torch.float32, device=device).reshape(1, len(clicks), 1, 2)
     labels = torch.ones(1, len(clicks), 1, device=device)

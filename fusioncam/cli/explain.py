@@ -200,7 +200,7 @@ def vqa(
     refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend)
     captioner = loading(caption_model, load_captioner, caption_model, device=device)
     answerer = loading(qa_model, load_qa, qa_model, device=device)
-    grid = matcher.model.vision_encoder.grid_size
+    grid = matcher.model.grid_size
     config = VQAConfig(
         block=block,
         num_captions=num_captions,

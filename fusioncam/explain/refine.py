@@ -243,8 +243,11 @@ class SamImage:
 ImageInput = np.ndarray | torch.Tensor | SamImage
 
 
-def shrink_image(pixels: torch.Tensor, max_side: int = MAX_PROMPT_SIDE) -> torch.Tensor:
-    """Images [..., 3, H, W] resized to `fit_size` as the fork does: bilinear, no antialiasing, or kept as they are."""
+def shrink_image(pixels: torch.Tensor, max_side: int | None = MAX_PROMPT_SIDE) -> torch.Tensor:
+    """Images [..., 3, H, W] resized to `fit_size` as the fork does: bilinear, no antialiasing, or kept as they are
+    (always, with `max_side` None)."""
+    if max_side is None:
+        return pixels
     size = tuple(pixels.shape[-2:])
     target = fit_size(size, max_side)
     if target == size:
@@ -255,12 +258,16 @@ def shrink_image(pixels: torch.Tensor, max_side: int = MAX_PROMPT_SIDE) -> torch
 
 @torch.no_grad()
 def embed_images(
-    sam: EfficientSam, images: torch.Tensor | Sequence[np.ndarray | torch.Tensor], max_side: int = MAX_PROMPT_SIDE
+    sam: EfficientSam,
+    images: torch.Tensor | Sequence[np.ndarray | torch.Tensor],
+    max_side: int | None = MAX_PROMPT_SIDE,
 ) -> list[SamImage]:
     """Encode images once for refinement: a [B, 3, H, W] float tensor in [0, 1], or a sequence of HxWx3 uint8 RGB
     arrays or [3, H, W] float tensors of any sizes.
 
-    Images are shrunk to `fit_size` first; those that end up the same size share one encoder batch.
+    Images are shrunk to `fit_size` first (not with `max_side` None: SAM then resizes them itself, as the fusion
+    was trained); those that end up the same size share one encoder batch. The one way from pictures to SAM
+    embeddings: refinement and the fused encoder both come here.
     """
     pixels = _pixel_list(images)
     parameter = next(sam.parameters())

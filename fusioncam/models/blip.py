@@ -20,6 +20,7 @@ from fusioncam.models.architectures import architecture
 from fusioncam.models.bert import DecoderCache, TextConfig, TextDecoder, TextEncoder, TextEncoderOutput
 from fusioncam.models.config import merge_config
 from fusioncam.models.decoding import DecodingConfig, decode
+from fusioncam.models.layers import Model
 from fusioncam.models.vit import VisionConfig, VisionTransformer
 
 
@@ -61,7 +62,7 @@ class ITMOutput:
         return self.logits.softmax(dim=-1)[:, 1]
 
 
-class BlipITM(nn.Module):
+class BlipITM(Model):
     """BLIP's image–text matching model with both heads."""
 
     def __init__(self, config: BlipITMConfig) -> None:
@@ -135,7 +136,7 @@ class BlipCaptionConfig:
         return merge_config(base or cls(), values)
 
 
-class BlipCaption(nn.Module):
+class BlipCaption(Model):
     """Image → tokens (ViT) → caption logits (causal BERT decoder cross-attending to those tokens)."""
 
     def __init__(self, config: BlipCaptionConfig) -> None:

@@ -29,6 +29,7 @@ from torch import nn
 from fusioncam.models.blip import BlipITM, BlipITMConfig, ITMOutput
 from fusioncam.models.config import merge_config
 from fusioncam.models.difnet import DifnetConfig, DifnetEncoder
+from fusioncam.models.layers import Model
 
 # DIFNet treats a row whose features sum to exactly `padding_idx` as padding. Neither stream has padding (every
 # image has all its patches), yet a real row can sum to exactly 0 — e.g. an all-zero SAM cell through a projection
@@ -127,7 +128,7 @@ class SamFusion(nn.Module):
         return image_embeds + self.gate * fused
 
 
-class BlipFusionITM(nn.Module):
+class BlipFusionITM(Model):
     """A frozen BLIP ITM model whose image tokens are fused with EfficientSAM embeddings.
 
     It answers the calls of `BlipITM` that Grad-CAM and scoring make; only `encode_image` differs (it needs the
@@ -140,8 +141,7 @@ class BlipFusionITM(nn.Module):
     def __init__(self, blip: BlipITM, fusion: FusionConfig) -> None:
         super().__init__()
         self.blip = blip.requires_grad_(False)
-        device = next(blip.parameters()).device
-        self.fusion = SamFusion(fusion, blip.config.vision.width, blip.grid_size).to(device)
+        self.fusion = SamFusion(fusion, blip.config.vision.width, blip.grid_size).to(blip.device)
 
     @property
     def config(self) -> BlipITMConfig:

@@ -7,6 +7,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class Model(nn.Module):
+    """A whole model (not a layer): it knows where it lives.
+
+    One idiom for every model's device, as segment-anything's `Sam.device`: callers ask `model.device` instead of
+    reaching for a particular parameter of each architecture.
+    """
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
 class Mlp(nn.Module):
     """Two-layer feed-forward block with exact (erf) GELU, as both BLIP's ViT and BERT use it."""
 

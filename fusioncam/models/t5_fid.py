@@ -17,16 +17,16 @@ those loops follow. `max_new_tokens` / `min_new_tokens` count the tokens after t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
-from torch import nn
 from transformers import T5Config, T5ForConditionalGeneration
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from fusioncam.models.architectures import architecture
-from fusioncam.models.decoding import beam_search, token_by_token
+from fusioncam.models.decoding import Reorder, beam_search, token_by_token
+from fusioncam.models.layers import Model
 
 # T5 v1.0 base, which UnifiedQA-v2 base is (LAVIS's pnp-vqa unifiedqav2_base config); the other sizes are entries
 # of `models.architectures`.
@@ -86,7 +86,7 @@ class FiDEncoding:
         return FiDEncoding(self.last_hidden_state[:, keep], self.attention_mask[:, keep], self.num_passages - 1)
 
 
-class FusionInDecoderQA(nn.Module):
+class FusionInDecoderQA(Model):
     """A `T5ForConditionalGeneration` used Fusion-in-Decoder style.
 
     Embed once, ask many: `encode` runs the encoder over [B, n, L] passages; `generate`, `logits` and
@@ -104,11 +104,11 @@ class FusionInDecoderQA(nn.Module):
 
     @property
     def pad_token_id(self) -> int:
-        return self.model.config.pad_token_id
+        return _one_token_id(self.model.config.pad_token_id, "pad_token_id")
 
     @property
     def eos_token_id(self) -> int:
-        return self.model.config.eos_token_id
+        return _one_token_id(self.model.config.eos_token_id, "eos_token_id")
 
     @property
     def decoder_start_token_id(self) -> int:
@@ -174,7 +174,7 @@ class FusionInDecoderQA(nn.Module):
         decoder_ids = self._teacher_forced(answer_ids)
         full = self._new_cache()
         with_all = self._sequence_log_prob(self.logits(encoding, decoder_ids, full), answer_ids)
-        cross = [(layer.keys, layer.values) for layer in full.cross_attention_cache.layers]
+        cross = [_keys_values(layer) for layer in full.cross_attention_cache.layers]
         positions = torch.arange(encoding.attention_mask.shape[1], device=answer_ids.device)
         passage_of_token = positions // encoding.passage_length
         without = []
@@ -201,7 +201,7 @@ class FusionInDecoderQA(nn.Module):
         """A fresh cache whose cross-attention holds `cross`'s [1, …] keys and values as [batch, …] views."""
         cache = self._new_cache()
         for index, (keys, values) in enumerate(cross):
-            layer = cache.cross_attention_cache.layers[index]
+            layer = _dynamic_layer(cache.cross_attention_cache.layers[index])
             layer.lazy_initialization(keys, values)
             layer.keys, layer.values = keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1)
             cache.is_updated[index] = True
@@ -276,7 +276,7 @@ class FusionInDecoderQA(nn.Module):
 
         return beam_search(
             next_log_probs,
-            cache.reorder_cache,
+            cast(Reorder, cache.reorder_cache),  # typed for the legacy `torch.LongTensor`, which is any int64 tensor
             self._start_ids(encoding),
             num_beams,
             max_new_tokens + 1,
@@ -284,3 +284,25 @@ class FusionInDecoderQA(nn.Module):
             self.pad_token_id,
             length_penalty,
         )
+
+
+def _one_token_id(value: int | list[int] | None, name: str) -> int:
+    """A special token's id from the T5 config, which may type it as absent or as a list; ours is one id."""
+    if not isinstance(value, int):
+        raise ValueError(f"the T5 config's {name} must be one token id, got {value!r}")
+    return value
+
+
+def _dynamic_layer(layer: object) -> DynamicLayer:
+    """A layer of our caches (`DynamicCache`s; `Cache` types its layers as any kind of layer)."""
+    if not isinstance(layer, DynamicLayer):
+        raise TypeError(f"expected a DynamicLayer in the decoder cache, got {type(layer).__name__}")
+    return layer
+
+
+def _keys_values(layer: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values a cache layer holds after a decoder pass."""
+    dynamic = _dynamic_layer(layer)
+    if dynamic.keys is None or dynamic.values is None:
+        raise RuntimeError("a cross-attention cache layer is empty after the decoder pass")
+    return dynamic.keys, dynamic.values

@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fusioncam.models.architectures import architecture
 from fusioncam.models.config import merge_config
 from fusioncam.models.efficient_sam.image_encoder import ImageEncoderConfig, ImageEncoderViT
 from fusioncam.models.efficient_sam.mask_decoder import MaskDecoder, MaskDecoderConfig
 from fusioncam.models.efficient_sam.prompt_encoder import PromptEncoder
+from fusioncam.models.layers import Model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -86,7 +86,7 @@ class MaskPrediction:
         return masks.reshape(batch, queries, count, *self.input_size)
 
 
-class EfficientSam(nn.Module):
+class EfficientSam(Model):
     """EfficientSAM with the original's parameter names (`image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`)."""
 
     def __init__(self, config: EfficientSamConfig) -> None:
