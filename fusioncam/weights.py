@@ -23,6 +23,7 @@ import difflib
 import hashlib
 import importlib.resources
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,14 +31,13 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import platformdirs
-from rich.console import Console
 
 if TYPE_CHECKING:
     import http.client
@@ -73,7 +73,19 @@ _PRESET_KEYS = frozenset(
 )
 _FILE_KEYS = frozenset({"url", "hf_repo", "hf_filename", "revision", "path", "sha256", "size", "member"})
 
-_stderr = Console(stderr=True)
+log = logging.getLogger(__name__)
+
+# How downloads show their progress: `(label, total bytes or None, bytes already there)` → a context manager
+# yielding `advance(nbytes)`. The library only logs a download's start and end; the CLI draws bars through
+# `show_downloads`. (Library code never prints: what a user sees is the application's choice.)
+DownloadProgress = Callable[[str, "int | None", int], AbstractContextManager[Callable[[int], None]]]
+_download_progress: DownloadProgress | None = None
+
+
+def show_downloads(progress: DownloadProgress | None) -> None:
+    """Report url downloads through `progress` (None: log their start and end only)."""
+    global _download_progress
+    _download_progress = progress
 
 
 class WeightsError(Exception):
@@ -740,11 +752,11 @@ def _fetch_url(preset: Preset, spec: FileSpec, offline: str | None, progress: bo
         digest = _download(spec.url, target, sha256=spec.sha256, size=spec.size, progress=progress)
         _write_record(_record_path(preset, spec), digest, spec.filename)
     if not spec.sha256:
-        _stderr.print(
-            f"recorded sha256 {digest} for {preset.name} {spec.role} (the preset declares none); "
-            "later checks compare against it",
-            markup=False,
-            highlight=False,
+        log.warning(
+            "recorded sha256 %s for %s %s (the preset declares none); later checks compare against it",
+            digest,
+            preset.name,
+            spec.role,
         )
     return target
 
@@ -882,7 +894,7 @@ def _exclusive(target: Path) -> Iterator[None]:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        _stderr.print(f"waiting for another process to finish {target} ...", markup=False, highlight=False)
+        log.warning("waiting for another process to finish %s ...", target)
         lock.acquire()
     try:
         yield
@@ -1002,29 +1014,16 @@ def _total_length(response: http.client.HTTPResponse, offset: int) -> int | None
 
 @contextmanager
 def _progress(label: str, total: int | None, completed: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A download bar on stderr (stdout is for data); yields `advance(nbytes)`."""
+    """`advance(nbytes)` of one download, reported through `show_downloads`'s choice, or logged."""
     if not enabled:
         yield lambda _: None
-        return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = [
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=_stderr) as bar:
-        task = bar.add_task(label, total=total, completed=completed)
-        yield lambda n: bar.advance(task, n)
+    elif _download_progress is not None:
+        with _download_progress(label, total, completed) as advance:
+            yield advance
+    else:
+        log.info("downloading %s (%s bytes)", label, total if total else "an unknown number of")
+        yield lambda _: None
+        log.info("downloaded %s", label)
 
 
 def _hash_into(hasher: Any, path: Path) -> None:

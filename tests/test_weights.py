@@ -233,15 +233,16 @@ def test_standalone_preset_file_with_a_missing_path(tmp_path: Path) -> None:
 
 
 def test_first_download_records_the_digest_and_verify_uses_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server, isolated: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server, isolated: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     write_registry(tmp_path, monkeypatch, f'url = "{server.url}/model.bin"\nsha256 = ""')
 
-    path = resolve_file("tiny", "checkpoint")  # with the progress bar, on stderr
+    with caplog.at_level("INFO", logger="fusioncam.weights"):
+        path = resolve_file("tiny", "checkpoint")  # the library logs; the CLI shows it
 
     assert path == isolated / "tiny" / "model.bin"
     assert path.read_bytes() == CONTENT
-    assert f"recorded sha256 {DIGEST}" in capsys.readouterr().err
+    assert f"recorded sha256 {DIGEST}" in caplog.text and "downloading model.bin" in caplog.text
     assert (isolated / "tiny" / "model.bin.sha256").read_text().split() == [DIGEST, "model.bin"]
     assert resolve_file("tiny", "checkpoint") == path and len(server.state.requests) == 1  # cached now
 

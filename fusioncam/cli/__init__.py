@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from fusioncam.cli import demo, evaluate, explain, report, training, weights
+from fusioncam.cli.common import report_library_messages
 
 app = typer.Typer(
     help="Where does a vision-language model look? BLIP image-text matching scores, Grad-CAM heatmaps, "
@@ -41,6 +42,7 @@ def _main(
     """Where does a vision-language model look? BLIP image-text matching scores, Grad-CAM heatmaps,
     SAM-refined masks and PNP-VQA answers.
     """
+    report_library_messages()
 
 
 app.command()(explain.heatmap)

@@ -6,6 +6,7 @@ must stay instant, and so this module is imported by every command.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -109,12 +110,38 @@ def check_out_dir(out: Path) -> Path:
     return out
 
 
+class _StderrHandler(logging.Handler):
+    """The library's log records as one stderr line each (warnings marked), like every other message."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = escape(record.getMessage())
+        stderr.print(f"[yellow]warning:[/yellow] {message}" if record.levelno >= logging.WARNING else message)
+
+
+def report_library_messages() -> None:
+    """Show what the library logs (INFO and up) on stderr, and its downloads as bars or plain progress lines."""
+    from fusioncam import weights
+
+    logger = logging.getLogger("fusioncam")
+    if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+        logger.addHandler(_StderrHandler())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    weights.show_downloads(_download_bar)
+
+
+@contextmanager
+def _download_bar(label: str, total: int | None, completed: int) -> Iterator[Callable[[int], None]]:
+    with progress(label, total, completed=completed) as bar:
+        yield bar.advance
+
+
 class PlainProgress:
     """Progress as plain lines at an interval, for logs (nohup, Slurm) where a live bar would be noise or silence."""
 
-    def __init__(self, label: str, total: int | None, interval: float) -> None:
+    def __init__(self, label: str, total: int | None, interval: float, completed: int = 0) -> None:
         self.label, self.total, self.interval = label, total, interval
-        self.done = 0
+        self.done = completed
         self.started = self.last = time.monotonic()
 
     def advance(self, count: int = 1) -> None:
@@ -144,11 +171,14 @@ class _RichProgress:
 
 
 @contextmanager
-def progress(label: str, total: int | None, quiet: bool = False) -> Iterator[PlainProgress | _RichProgress]:
-    """A live bar on a terminal; plain lines every `$FUSIONCAM_PROGRESS_INTERVAL` seconds (10) otherwise."""
+def progress(
+    label: str, total: int | None, quiet: bool = False, completed: int = 0
+) -> Iterator[PlainProgress | _RichProgress]:
+    """A live bar on a terminal; plain lines every `$FUSIONCAM_PROGRESS_INTERVAL` seconds (10) otherwise.
+    `advance(n)` on what it yields; `completed` is where it starts (a resumed download)."""
     if quiet or not stderr.is_terminal:
         interval = float(os.environ.get(PROGRESS_INTERVAL_ENV, DEFAULT_PROGRESS_INTERVAL))
-        plain = PlainProgress(label, total, interval if not quiet else float("inf"))
+        plain = PlainProgress(label, total, interval if not quiet else float("inf"), completed)
         yield plain
         if not quiet:
             plain.close()
@@ -157,7 +187,7 @@ def progress(label: str, total: int | None, quiet: bool = False) -> Iterator[Pla
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), console=stderr) as bar:
-        yield _RichProgress(bar, bar.add_task(label, total=total))
+        yield _RichProgress(bar, bar.add_task(label, total=total, completed=completed))
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], title: str | None = None) -> None:
