@@ -52,21 +52,11 @@ def _source(pair: Pair) -> dict:
 
 def _record(pair: Pair, image: np.ndarray, result: Heatmap, model: str) -> dict:
     height, width = image.shape[:2]
-    return {
-        "image": image_label(pair.image),
-        "text": pair.text,
-        "cleaned_text": result.text,
-        "truncated": result.truncated,
-        "model": model,
-        "block": result.block,
-        "itm_score": result.itm_score,
-        "itc_score": result.itc_score,
-        "image_size": {"width": width, "height": height},
-    } | _source(pair)
+    return score_record(pair, result, model) | {"block": result.block, "image_size": {"width": width, "height": height}}
 
 
-def score_record(pair: Pair, result: Score, model: str) -> dict:
-    """The record of `fusioncam score` (no files: scores only)."""
+def score_record(pair: Pair, result: Score | Heatmap, model: str) -> dict:
+    """The record of `fusioncam score` (no files: scores only), which every explained pair's record starts with."""
     return {
         "image": image_label(pair.image),
         "text": pair.text,
