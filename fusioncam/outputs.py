@@ -7,6 +7,9 @@ arrays here, at the edge where they become files.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +40,36 @@ _SUFFIXES: dict[str, dict[str, str]] = {
         "answer_map": ".answer.npy", "json": ".vqa.json",
     },
 }  # fmt: skip
+
+
+TEMPORARY_PREFIX = ".partial-"  # files being written; a run killed mid-write leaves these, never a half file
+
+
+@contextmanager
+def _atomically(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` to write to, renamed onto `path` once written: a file under its real name is
+    always whole, whenever the run is killed."""
+    temporary = path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{path.name}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _png(path: Path, pixels: np.ndarray) -> None:
+    with _atomically(path) as temporary:
+        save_png(temporary, pixels)
+
+
+def _npy(path: Path, array: np.ndarray) -> None:
+    with _atomically(path) as temporary:
+        np.save(temporary, array)
+
+
+def record_path(out_dir: Path, pair: Pair, command: str) -> Path:
+    """Where the JSON record of `pair` under `command` is (or will be) written."""
+    return _paths(out_dir, pair, command, "json")["json"]
 
 
 def _paths(out_dir: Path, pair: Pair, command: str, *kinds: str) -> dict[str, Path]:
@@ -78,12 +111,16 @@ def _sam_record(refined: Refined) -> dict:
     }
 
 
-def _finish(record: dict, paths: dict[str, Path], run: dict | None) -> dict:
-    """The record with its output paths and the run's provenance (`run`: version, device, weights …), as JSON."""
+def _finish(record: dict, paths: dict[str, Path], run: dict | None, ident: str | None) -> dict:
+    """The record with its output paths, the run's provenance (`run`: version, device, weights …) and the pair's
+    id (what `--resume` matches: same input, same options), written as JSON after every other file."""
     record["outputs"] = {key: str(path) for key, path in paths.items()}
+    if ident is not None:
+        record["id"] = ident
     if run:
         record["run"] = run
-    paths["json"].write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with _atomically(paths["json"]) as temporary:  # last: a record on disk means its files are whole
+        temporary.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return record
 
 
@@ -98,6 +135,7 @@ def write_heatmap(
     refined: Refined | None = None,
     save_mask: bool = False,
     run: dict | None = None,
+    ident: str | None = None,
 ) -> dict:
     """Overlay PNG at the image's resolution, raw map `.npy`, per-word sheet and maps, JSON; returns the record.
 
@@ -111,20 +149,20 @@ def write_heatmap(
     heatmap = (result.heatmap if refined is None else refined.heatmap).numpy()
     word_maps = [(word, word_map.numpy()) for word, word_map in result.word_maps]
     height, width = image.shape[:2]
-    save_png(paths["overlay"], overlay(image, heatmap, alpha=alpha, colormap=colormap))
-    np.save(paths["heatmap"], heatmap.astype(np.float32))
+    _png(paths["overlay"], overlay(image, heatmap, alpha=alpha, colormap=colormap))
+    _npy(paths["heatmap"], heatmap.astype(np.float32))
     record = _record(pair, image, result, model)
     record["encoder"] = "blip" if refined is None else "esam"
     record["peak"] = _pixel(peak_location(heatmap, (height, width)))
     if refined is not None:
         record["sam"] = _sam_record(refined)
         if save_mask:
-            save_png(paths["mask"], refined.mask.numpy().astype(np.uint8) * 255)
+            _png(paths["mask"], refined.mask.numpy().astype(np.uint8) * 255)
     if result.word_maps:
         title = None if refined is None else "BLIP Grad-CAM maps; the SAM-refined sentence map is the .overlay.png"
         maps = [("sentence", result.heatmap.numpy()), *word_maps]
-        save_png(paths["words"], contact_sheet(image, maps, alpha=alpha, colormap=colormap, title=title))
-        np.save(paths["word_maps"], np.stack([word_map for _, word_map in word_maps]).astype(np.float32))
+        _png(paths["words"], contact_sheet(image, maps, alpha=alpha, colormap=colormap, title=title))
+        _npy(paths["word_maps"], np.stack([word_map for _, word_map in word_maps]).astype(np.float32))
         record["words"] = [
             {
                 "word": word,
@@ -134,20 +172,27 @@ def write_heatmap(
             }
             for word, word_map in word_maps
         ]
-    return _finish(record, paths, run)
+    return _finish(record, paths, run, ident)
 
 
 def write_segment(
-    out_dir: Path, pair: Pair, image: np.ndarray, result: Heatmap, refined: Refined, model: str, run: dict | None = None
+    out_dir: Path,
+    pair: Pair,
+    image: np.ndarray,
+    result: Heatmap,
+    refined: Refined,
+    model: str,
+    run: dict | None = None,
+    ident: str | None = None,
 ) -> dict:
     """Mask PNG (0/255) at the image's resolution, the object cut out (RGBA), the mask over the image with the
     prompt points SAM was given (foreground clicks and the rest drawn apart), JSON."""
     paths = _paths(out_dir, pair, "segment", "mask", "cutout", "segment", "json")
     mask = refined.mask.numpy()
-    save_png(paths["mask"], mask.astype(np.uint8) * 255)
-    save_png(paths["cutout"], cutout(image, mask))
+    _png(paths["mask"], mask.astype(np.uint8) * 255)
+    _png(paths["cutout"], cutout(image, mask))
     marked = mask_overlay(image, mask, points=refined.points.numpy(), point_labels=refined.labels.numpy())
-    save_png(paths["segment"], marked)
+    _png(paths["segment"], marked)
     record = _record(pair, image, result, model) | {"sam": _sam_record(refined)}
     rows, cols = np.nonzero(mask)
     record["box"] = (
@@ -155,7 +200,7 @@ def write_segment(
         if len(rows)
         else None
     )
-    return _finish(record, paths, run)
+    return _finish(record, paths, run, ident)
 
 
 def write_vqa(
@@ -167,6 +212,7 @@ def write_vqa(
     alpha: float = 0.5,
     colormap: str = "jet",
     run: dict | None = None,
+    ident: str | None = None,
 ) -> dict:
     """Question heatmap and answer map (overlays and raw maps), captions with their contributions, JSON.
 
@@ -175,8 +221,8 @@ def write_vqa(
     kinds = ["overlay", "heatmap", "json"] + (["answer_overlay", "answer_map"] if result.answer_map is not None else [])
     paths = _paths(out_dir, pair, "vqa", *kinds)
     heatmap = result.heatmap.numpy()
-    save_png(paths["overlay"], overlay(image, heatmap, alpha=alpha, colormap=colormap))
-    np.save(paths["heatmap"], heatmap.astype(np.float32))
+    _png(paths["overlay"], overlay(image, heatmap, alpha=alpha, colormap=colormap))
+    _npy(paths["heatmap"], heatmap.astype(np.float32))
     height, width = image.shape[:2]
     record = {
         "image": image_label(pair.image),
@@ -194,7 +240,7 @@ def write_vqa(
     if result.answer_map is not None:
         answer_map = result.answer_map.numpy()
         answer = overlay(image, answer_map, alpha=alpha, colormap=colormap)
-        save_png(paths["answer_overlay"], captioned(answer, [f"Q: {pair.text}", f"A: {result.answer}"]))
-        np.save(paths["answer_map"], answer_map.astype(np.float32))
+        _png(paths["answer_overlay"], captioned(answer, [f"Q: {pair.text}", f"A: {result.answer}"]))
+        _npy(paths["answer_map"], answer_map.astype(np.float32))
         record["answer_peak"] = _pixel(peak_location(answer_map, (height, width)))
-    return _finish(record, paths, run)
+    return _finish(record, paths, run, ident)

@@ -13,10 +13,12 @@ runner the CLI has, and a new command is a new task:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -24,7 +26,7 @@ import torch
 from fusioncam.api import BlipMatcher, Explained, SamRefiner, distinct_images, explain_pairs
 from fusioncam.images import ImageDecodeError, load_image_source
 from fusioncam.inputs import Failure, ImageRef, Pair, batched, image_label
-from fusioncam.outputs import score_record, write_heatmap, write_segment, write_vqa
+from fusioncam.outputs import record_path, score_record, write_heatmap, write_segment, write_vqa
 from fusioncam.text import clean_caption
 from fusioncam.vqa import PNPVQA
 
@@ -33,17 +35,33 @@ Outcome = dict | str  # the record written for a pair, or why it failed
 EMPTY_TEXT = "the text is empty after cleaning: give at least one word"
 
 
+def pair_id(pair: Pair, options: Mapping[str, Any]) -> str:
+    """A stable id of one unit of work: its image, its text and every option that changes its result. Equal ids,
+    equal outputs; `--resume` skips a pair whose record on disk carries its id."""
+    key = {"image": image_label(pair.image), "text": pair.text, "options": options}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def shard_of(item: Pair | Failure, shards: int) -> int:
+    """Which of `shards` processes owns an input: by image, so that every text of an image lands on the same one
+    (each image decoded and encoded once), and deterministically, so that every process agrees without talking."""
+    key = image_label(item.image) if isinstance(item, Pair) else item.origin
+    return int(hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:12], 16) % shards
+
+
 @dataclass
 class Batch:
-    """Pairs with their images decoded: each distinct image once; `reasons` says why an image could not be."""
+    """Pairs with their images decoded: each distinct image once; `reasons` says why an image could not be;
+    `ids` each pair's id (see `pair_id`), which its record carries."""
 
     pairs: list[Pair]
     images: dict[ImageRef, np.ndarray] = field(default_factory=dict)
     reasons: dict[ImageRef, str] = field(default_factory=dict)
+    ids: dict[Pair, str] = field(default_factory=dict)
 
     @classmethod
-    def decode(cls, pairs: list[Pair]) -> Batch:
-        batch = cls(pairs)
+    def decode(cls, pairs: list[Pair], ids: dict[Pair, str] | None = None) -> Batch:
+        batch = cls(pairs, ids=ids or {})
         for source in dict.fromkeys(pair.image for pair in pairs):
             try:
                 batch.images[source] = load_image_source(source)
@@ -66,29 +84,83 @@ class Batch:
 
 
 class Task(Protocol):
-    """What a command does with a batch: one outcome per runnable pair (failures included), in any order."""
+    """What a command does with a batch: one outcome per runnable pair (failures included), in any order.
+
+    `options` are the settings that change a result (they go into every pair's id); `command` names the files'
+    suffixes under `out` (None: the task writes no files, and nothing is resumed).
+    """
 
     label: str
+    command: str | None
+    out: Path | None
+    options: dict[str, Any]
 
     def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Outcome]]: ...
 
 
+@dataclass(frozen=True)
+class Settled:
+    """An input and what became of it; `resumed`: found done on disk by an earlier run, not redone."""
+
+    item: Pair | Failure
+    outcome: Outcome | Failure
+    resumed: bool = False
+
+
 def run(
-    inputs: Iterable[Pair | Failure], task: Task, batch_size: int, on_batch: Callable[[int], None] | None = None
-) -> Iterator[tuple[Pair | Failure, Outcome | Failure]]:
-    """Every input with its outcome, in input order (so that JSONL output lines up with its input); a failure never
-    stops the run. `on_batch(n)` hears how many inputs each batch settled."""
-    for chunk in batched(inputs, batch_size):
-        pairs = [item for item in chunk if isinstance(item, Pair)]
-        outcomes = {id(pair): outcome for pair, outcome in task(Batch.decode(pairs))} if pairs else {}
+    inputs: Iterable[Pair | Failure],
+    task: Task,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None = None,
+    *,
+    resume: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    stop: Callable[[], bool] = lambda: False,
+) -> Iterator[Settled]:
+    """Every input of this shard with its outcome, in input order (so that JSONL output lines up with its input).
+
+    A failure never stops the run; `stop()` is asked between batches (Ctrl-C: the batch in hand is finished and
+    written, then the run ends). With `resume`, a pair whose record is on disk with its id and all its files is
+    not redone. `shard = (k, n)`: only the inputs `shard_of` gives to process k of n. `on_batch(n)` hears how many
+    inputs each batch settled.
+    """
+    k, shards = shard
+    mine = (item for item in inputs if shards == 1 or shard_of(item, shards) == k)
+    for chunk in batched(mine, batch_size):
+        ids = {item: pair_id(item, task.options) for item in chunk if isinstance(item, Pair)}
+        done = {pair: record for pair in ids if resume and (record := _done(task, pair, ids[pair])) is not None}
+        todo = [pair for pair in ids if pair not in done]
+        outcomes = dict(task(Batch.decode(todo, ids))) if todo else {}
         for item in chunk:
-            yield item, item if isinstance(item, Failure) else outcomes[id(item)]
+            if isinstance(item, Failure):
+                yield Settled(item, item)
+            elif item in done:
+                yield Settled(item, done[item], resumed=True)
+            else:
+                yield Settled(item, outcomes[item])
         if on_batch is not None:
             on_batch(len(chunk))
+        if stop():
+            return
 
 
-def as_failure(item: Pair | Failure, outcome: Outcome | Failure) -> Failure | None:
+def _done(task: Task, pair: Pair, ident: str) -> dict | None:
+    """The record an earlier run wrote for this very pair (same id) with all its files, or None: redo it."""
+    if task.command is None or task.out is None:
+        return None
+    path = record_path(task.out, pair, task.command)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if record.get("id") != ident or not all(Path(file).is_file() for file in record.get("outputs", {}).values()):
+        return None
+    return record
+
+
+def as_failure(settled: Settled) -> Failure | None:
     """The failure an outcome stands for (None for a written record)."""
+    item, outcome = settled.item, settled.outcome
     if isinstance(outcome, Failure):
         return outcome
     if isinstance(outcome, str):
@@ -141,7 +213,9 @@ class HeatmapTask:
     save_mask: bool = False
     run_info: dict | None = None
     on_truncated: Callable[[Pair], None] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
     label: str = "heatmaps"
+    command: ClassVar[str] = "heatmap"
 
     def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Outcome]]:
         explained, failed = _explained(batch, self.matcher, self.block, self.per_word, self.refiner)
@@ -151,6 +225,7 @@ class HeatmapTask:
             yield _written(
                 pair, write_heatmap, self.out, pair, batch.images[pair.image], item.heatmap, self.matcher.name,
                 self.alpha, self.colormap, refined=item.refined, save_mask=self.save_mask, run=self.run_info,
+                ident=batch.ids.get(pair),
             )  # fmt: skip
 
 
@@ -164,7 +239,9 @@ class SegmentTask:
     block: int = 6
     run_info: dict | None = None
     on_truncated: Callable[[Pair], None] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
     label: str = "masks"
+    command: ClassVar[str] = "segment"
 
     def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Outcome]]:
         explained, failed = _explained(batch, self.matcher, self.block, False, self.refiner)
@@ -175,7 +252,7 @@ class SegmentTask:
             picture = batch.images[pair.image]
             yield _written(
                 pair, write_segment, self.out, pair, picture, item.heatmap, item.refined, self.matcher.name,
-                self.run_info,
+                self.run_info, batch.ids.get(pair),
             )  # fmt: skip
 
 
@@ -186,7 +263,10 @@ class ScoreTask:
     matcher: BlipMatcher
     run_info: dict | None = None
     on_truncated: Callable[[Pair], None] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
     label: str = "pairs"
+    command: ClassVar[None] = None  # writes no files: nothing to resume, and scoring again is cheap
+    out: ClassVar[None] = None
 
     def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Outcome]]:
         runnable, failed = batch.split(_text_check)
@@ -199,7 +279,7 @@ class ScoreTask:
         scores = self.matcher.scores(tokens[rows.to(tokens.device)], [pair.text for pair in runnable])
         for pair, result in zip(runnable, scores, strict=True):
             _tell_truncated(self.on_truncated, pair, result.truncated)
-            record = score_record(pair, result, self.matcher.name)
+            record = score_record(pair, result, self.matcher.name) | {"id": batch.ids.get(pair)}
             yield pair, record | ({"run": self.run_info} if self.run_info else {})
 
 
@@ -214,7 +294,9 @@ class VQATask:
     alpha: float = 0.5
     colormap: str = "jet"
     run_info: dict | None = None
+    options: dict[str, Any] = field(default_factory=dict)
     label: str = "questions"
+    command: ClassVar[str] = "vqa"
 
     def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Outcome]]:
         runnable, failed = batch.split()
@@ -227,8 +309,9 @@ class VQATask:
         )
         for pair, image, result in zip(runnable, images, results, strict=True):
             yield _written(
-                pair, write_vqa, self.out, pair, image, result, self.models, self.alpha, self.colormap, self.run_info
-            )
+                pair, write_vqa, self.out, pair, image, result, self.models, self.alpha, self.colormap, self.run_info,
+                batch.ids.get(pair),
+            )  # fmt: skip
 
 
 def _tell_truncated(on_truncated: Callable[[Pair], None] | None, pair: Pair, truncated: bool) -> None:

@@ -52,7 +52,7 @@ def test_heatmap_of_one_file_matches_the_library(tiny_preset: Path, dogs_jpg: Pa
     result = run("heatmap", dogs_jpg, "A dog running!", *args)
     assert result.exit_code == 0, result.stderr
 
-    records = sorted(tmp_path.glob("*.json"))
+    records = sorted(path for path in tmp_path.glob("*.json") if path.name != "summary.json")
     assert len(records) == 1
     record = json.loads(records[0].read_text())
     assert record["text"] == "A dog running!" and record["cleaned_text"] == "a dog running"
@@ -81,7 +81,9 @@ def test_folder_with_a_corrupt_image_names_it_and_does_the_rest(
     assert (tmp_path / f"dogs.jpg__{name}.overlay.png").is_file()
     assert (tmp_path / "sub" / f"gradient.png__{name}.overlay.png").is_file()
     assert cv2.imread(str(tmp_path / "sub" / f"gradient.png__{name}.overlay.png")).shape == (80, 120, 3)
-    assert len(list(tmp_path.rglob("*.json"))) == 2
+    assert len(list(tmp_path.rglob("*.json"))) == 2 + 1  # two records and the summary
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["done"], summary["failed"]) == (2, 1) and "broken.jpg" in summary["failures"][0]["image"]
 
 
 def test_stdin_jsonl_gives_exactly_one_json_record_per_pair(tiny_preset: Path, photos: Path, tmp_path: Path) -> None:
@@ -226,7 +228,7 @@ def test_segment_folder_and_jsonl(presets, photos: Path, tmp_path: Path, sam_emb
     folder = run("segment", photos, "a dog", "a ball", "--recursive", "--out", tmp_path / "folder", *args)
     assert folder.exit_code == 1 and "broken.jpg" in folder.stderr  # the corrupt image fails alone
     assert sum(sam_embed_count) == 2  # two readable images, two texts each: each image embedded once
-    records = [json.loads(path.read_text()) for path in (tmp_path / "folder").rglob("*.json")]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "folder").rglob("*.json") if p.name != "summary.json"]
     assert len(records) == 4
     for record in records:
         size = record["image_size"]

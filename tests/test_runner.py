@@ -56,11 +56,11 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> Counter:
 
 
 def _run(task: runner.Task, folder: Path, batch_size: int = 6) -> list:
-    outcomes = list(runner.run(pairs_from_path(folder, TEXTS), task, batch_size))
-    assert len(outcomes) == 2 * len(TEXTS)
-    assert all(runner.as_failure(item, outcome) is None for item, outcome in outcomes)
-    assert [item.text for item, _ in outcomes] == TEXTS * 2  # input order
-    return outcomes
+    settled = list(runner.run(pairs_from_path(folder, TEXTS), task, batch_size))
+    assert len(settled) == 2 * len(TEXTS)
+    assert all(runner.as_failure(item) is None for item in settled)
+    assert [item.item.text for item in settled] == TEXTS * 2  # input order
+    return [item.outcome for item in settled]
 
 
 def test_heatmap_blip_and_esam(presets, folder: Path, tmp_path: Path, counts: Counter) -> None:
@@ -82,7 +82,7 @@ def test_segment_and_score(presets, folder: Path, tmp_path: Path, counts: Counte
     outcomes = _run(runner.ScoreTask(matcher), folder)
     assert counts == {"decode a.jpg": 1, "decode b.jpg": 1, "blip": 2}
     expected = matcher.score(images_module.load_image(folder / "a.jpg"), TEXTS)  # one image, one text at a time
-    assert [outcome["itm_score"] for _, outcome in outcomes[:3]] == pytest.approx([s.itm_score for s in expected])
+    assert [outcome["itm_score"] for outcome in outcomes[:3]] == pytest.approx([s.itm_score for s in expected])
 
 
 def test_vqa(presets, folder: Path, tmp_path: Path, counts: Counter) -> None:
@@ -101,7 +101,7 @@ def test_a_bad_image_fails_its_pairs_only(presets, folder: Path, tmp_path: Path)
     pairs: list[Pair | Failure] = [*pairs_from_path(folder / "a.jpg", ["a dog"]), *pairs_from_path(broken, TEXTS)]
     pairs.append(Failure("stdin:9", "not JSON"))
     task = runner.ScoreTask(load(str(presets["itm"]), device="cpu"))
-    failures = [runner.as_failure(item, outcome) for item, outcome in runner.run(pairs, task, batch_size=3)]
+    failures = [runner.as_failure(item) for item in runner.run(pairs, task, batch_size=3)]
     assert failures[0] is None
     assert [failure.reason.startswith("cannot read image") for failure in failures[1:4] if failure] == [True] * 3
     assert failures[4] == pairs[4]

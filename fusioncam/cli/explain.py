@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,15 @@ import typer
 from fusioncam.cli import options
 from fusioncam.cli.common import check_device, check_out_dir, loading, print_table, usage_error
 from fusioncam.cli.loaders import check_block, load_matcher, refiner_for, run_info, sam_preset_name
-from fusioncam.cli.run import finish, pair_inputs, run_task, warn_truncated
+from fusioncam.cli.run import (
+    RunSettings,
+    pair_inputs,
+    parse_shard,
+    report_end,
+    run_task,
+    summary_path,
+    warn_truncated,
+)
 
 
 def heatmap(
@@ -42,6 +51,8 @@ def heatmap(
     batch_size: options.BatchSize = 8,
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
+    resume: options.Resume = False,
+    shard: options.Shard = None,
 ) -> None:
     """Grad-CAM heatmap of TEXT over IMAGE: overlay PNG, raw .npy map and a JSON record per pair.
 
@@ -65,10 +76,16 @@ def heatmap(
     check_block(matcher, block)
     refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend)
     run = run_info(matcher, fusion, itm=model, **({"sam": sam_preset_name(sam_model)} if encoder != "blip" else {}))
+    settings = RunSettings(resume, parse_shard(shard), summary_path(out, parse_shard(shard)))
+    sam_options = {"points": points, "sam_labels": sam_labels, "sam_mask": sam_mask, "sam_blend": sam_blend}
+    results = {"block": block, "encoder": encoder, "per_word": per_word, "alpha": alpha, "colormap": colormap}
+    results |= {"save_mask": save_mask, "weights": run["weights"], "precision": run["precision"]}
     task = HeatmapTask(
-        matcher, out, block, per_word, refiner, alpha, colormap, save_mask, run, on_truncated=warn_truncated
-    )
-    records, failures = run_task(inputs, total, task, batch_size, jsonl, quiet)
+        matcher, out, block, per_word, refiner, alpha, colormap, save_mask, run, on_truncated=warn_truncated,
+        options=results | (sam_options if encoder == "esam" else {}),
+    )  # fmt: skip
+    result = run_task(inputs, total, task, batch_size, jsonl, quiet, settings)
+    records = result.records
     if not jsonl and records:
         print_table(
             ["image", "text", "ITM", "ITC", "peak (x, y)", "overlay"],
@@ -78,7 +95,7 @@ def heatmap(
                 for r in records
             ],
         )  # fmt: skip
-    finish(records, failures, "heatmap(s)", out)
+    report_end(result, "heatmap(s)", out)
 
 
 def segment(
@@ -99,6 +116,8 @@ def segment(
     batch_size: options.BatchSize = 8,
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
+    resume: options.Resume = False,
+    shard: options.Shard = None,
 ) -> None:
     """Text-prompted object mask: BLIP heatmap of TEXT → peaks → EfficientSAM mask of the object.
 
@@ -116,8 +135,12 @@ def segment(
     refiner = refiner_for("esam", sam_model, device, points, sam_labels, sam_mask)
     assert refiner is not None
     run = run_info(matcher, None, itm=model, sam=sam_preset_name(sam_model))
-    task = SegmentTask(matcher, refiner, out, block, run, on_truncated=warn_truncated)
-    records, failures = run_task(inputs, total, task, batch_size, jsonl, quiet)
+    settings = RunSettings(resume, parse_shard(shard), summary_path(out, parse_shard(shard)))
+    results = {"block": block, "points": points, "sam_labels": sam_labels, "sam_mask": sam_mask}
+    results |= {"weights": run["weights"], "precision": run["precision"]}
+    task = SegmentTask(matcher, refiner, out, block, run, on_truncated=warn_truncated, options=results)
+    result = run_task(inputs, total, task, batch_size, jsonl, quiet, settings)
+    records = result.records
     if not jsonl and records:
         print_table(
             ["image", "text", "ITM", "mask area", "SAM IoU", "mask"],
@@ -127,7 +150,7 @@ def segment(
                 for r in records
             ],
         )  # fmt: skip
-    finish(records, failures, "mask(s)", out)
+    report_end(result, "mask(s)", out)
 
 
 def vqa(
@@ -171,6 +194,8 @@ def vqa(
     batch_size: Annotated[int, typer.Option(min=1, help="Questions answered together.")] = 4,
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
+    resume: options.Resume = False,
+    shard: options.Shard = None,
 ) -> None:
     """Answer QUESTION about IMAGE the PNP-VQA way, and show where the answer came from.
 
@@ -218,14 +243,18 @@ def vqa(
     models = {"itm": matcher.name, "caption": captioner.name, "qa": answerer.name, "encoder": encoder}
     sam = {"sam": sam_preset_name(sam_model)} if encoder != "blip" else {}
     run = run_info(matcher, fusion, itm=model, caption=caption_model, qa=qa_model, **sam)
-    task = VQATask(pipeline, out, models, torch.Generator().manual_seed(seed), alpha, colormap, run)
-    records, failures = run_task(inputs, total, task, batch_size, jsonl, quiet)
+    settings = RunSettings(resume, parse_shard(shard), summary_path(out, parse_shard(shard)))
+    results = asdict(config) | {"encoder": encoder, "seed": seed, "alpha": alpha, "colormap": colormap}
+    results |= {"weights": run["weights"], "precision": run["precision"], "batch_size": batch_size}
+    task = VQATask(pipeline, out, models, torch.Generator().manual_seed(seed), alpha, colormap, run, options=results)
+    result = run_task(inputs, total, task, batch_size, jsonl, quiet, settings)
+    records = result.records
     if not jsonl and records:
         print_table(
             ["image", "question", "answer", "answer map"],
             [[r["image"], r["question"], r["answer"], r["outputs"].get("answer_overlay", "")] for r in records],
         )
-    finish(records, failures, "answer(s)", out)
+    report_end(result, "answer(s)", out)
 
 
 def score(
@@ -240,6 +269,7 @@ def score(
     batch_size: options.BatchSize = 32,
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
+    shard: options.Shard = None,
 ) -> None:
     """ITM match probability and ITC similarity of each TEXT with IMAGE (a file, a folder, or JSONL on stdin).
 
@@ -254,8 +284,10 @@ def score(
     inputs, total = pair_inputs(image, texts or [], pairs, recursive)
     check_device(device)
     matcher = load_matcher(model, device)
-    task = ScoreTask(matcher, run_info(matcher, None, itm=model), on_truncated=warn_truncated)
-    records, failures = run_task(inputs, total, task, batch_size, jsonl, quiet)
+    run = run_info(matcher, None, itm=model)
+    task = ScoreTask(matcher, run, on_truncated=warn_truncated, options={"weights": run["weights"]})
+    result = run_task(inputs, total, task, batch_size, jsonl, quiet, RunSettings(shard=parse_shard(shard)))
+    records = result.records
     if not jsonl and records:
         ranked = sorted(records, key=lambda r: (r["image"], -r["itm_score"]))
         print_table(
@@ -263,4 +295,4 @@ def score(
             [[r["image"], r["text"], f"{r['itm_score']:.4f}", f"{r['itc_score']:.4f}"] for r in ranked],
             title=matcher.name,
         )
-    finish(records, failures, "pair(s) scored", None)
+    report_end(result, "pair(s) scored", None)

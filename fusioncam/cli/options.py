@@ -86,3 +86,18 @@ ImageArgument = Annotated[
 Alpha = Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity in the overlay.")]
 Colormap = Annotated[choices.Colormap, typer.Option(help="Colour map of the heatmaps.")]
 Limit = Annotated[int | None, typer.Option(min=1, help="Only the first N records.")]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume/--no-resume",
+        help="Skip pairs whose outputs an earlier run with the same options already wrote under --out; redo the rest.",
+    ),
+]
+Shard = Annotated[
+    str | None,
+    typer.Option(
+        metavar="K/N",
+        help="Process only share K of N (0-based) of the inputs, all texts of an image in the same share: for job "
+        "arrays. Under torchrun the rank's share is taken by default.",
+    ),
+]

@@ -7,8 +7,14 @@ exit code says whether everything was done.
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,36 +91,169 @@ def failure_record(failure: Failure) -> dict[str, Any]:
     return {"image": failure.image, "text": failure.text, "error": failure.reason, "origin": failure.origin}
 
 
+@dataclass
+class RunSettings:
+    """How a batch command runs, beyond what it computes: resume, its share of the inputs, where its summary goes."""
+
+    resume: bool = False
+    shard: tuple[int, int] = (0, 1)
+    summary: Path | None = None  # summary.json (or its shard's) under --out; None: no summary (score)
+
+
+@dataclass
+class RunResult:
+    records: list[dict] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    skipped: int = 0
+    interrupted: bool = False
+
+
 def run_task(
-    inputs: Iterator[Pair | Failure], total: int | None, task: Task, batch_size: int, jsonl: bool, quiet: bool
-) -> tuple[list[dict], list[Failure]]:
+    inputs: Iterator[Pair | Failure],
+    total: int | None,
+    task: Task,
+    batch_size: int,
+    jsonl: bool,
+    quiet: bool,
+    settings: RunSettings | None = None,
+) -> RunResult:
     """Run `task` over the inputs with the library's runner and report each outcome as it comes: a JSONL line on
-    stdout (with `jsonl`), a one-line failure on stderr. Failures never stop the run."""
+    stdout (with `jsonl`), a one-line failure on stderr. Failures never stop the run; Ctrl-C finishes the batch in
+    hand, writes the summary and says how to resume."""
     from fusioncam.runner import as_failure, run
 
-    records: list[dict] = []
-    failures: list[Failure] = []
-    with progress(task.label, total, quiet) as bar:
-        for item, outcome in run(inputs, task, batch_size, bar.advance):
-            failure = as_failure(item, outcome)
+    settings = settings or RunSettings()
+    if settings.resume and task.out is not None:
+        remove_partial_files(task.out)
+    result = RunResult()
+    started = time.monotonic()
+    interrupted = _Interrupt()
+    with progress(task.label, total, quiet) as bar, interrupted:
+        settled = run(
+            inputs, task, batch_size, bar.advance, resume=settings.resume, shard=settings.shard, stop=interrupted.asked
+        )
+        for item in settled:
+            failure = as_failure(item)
             if failure is not None:
-                failures.append(failure)
+                result.failures.append(failure)
                 about = f" ({failure.text!r})" if failure.text is not None else ""
                 stderr.print(f"[red]failed[/red] {escape(failure.origin)}{escape(about)}: {escape(failure.reason)}")
             else:
-                assert isinstance(outcome, dict)
-                records.append(outcome)
+                assert isinstance(item.outcome, dict)
+                result.records.append(item.outcome)
+                result.skipped += item.resumed
             if jsonl:
-                print(json.dumps(failure_record(failure) if failure else outcome, ensure_ascii=False), flush=True)
-    return records, failures
+                line = failure_record(failure) if failure else item.outcome
+                print(json.dumps(line, ensure_ascii=False), flush=True)
+    result.interrupted = interrupted.asked()
+    if settings.summary is not None:
+        _write_summary(settings.summary, task, result, time.monotonic() - started, settings)
+    return result
+
+
+def remove_partial_files(out: Path) -> None:
+    """Files a killed run was writing (`.partial-PID-…`): removed when that process is gone, so that a resumed
+    run leaves a tree with whole files only (a live PID may be another process of the same run, still writing)."""
+    from fusioncam.outputs import TEMPORARY_PREFIX
+
+    for path in out.rglob(f"{TEMPORARY_PREFIX}*"):
+        pid = path.name[len(TEMPORARY_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Interrupt:
+    """The first Ctrl-C asks the run to stop after the batch in hand (so that its outputs are written); a second
+    one stops at once."""
+
+    def __init__(self) -> None:
+        self._asked = False
+
+    def asked(self) -> bool:
+        return self._asked
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self._asked:
+            raise KeyboardInterrupt
+        self._asked = True
+        stderr.print("stopping after this batch (Ctrl-C again to stop now) …")
+
+    def __enter__(self) -> _Interrupt:
+        self._previous = signal.signal(signal.SIGINT, self._handle) if _main_thread() else None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _write_summary(path: Path, task: Task, result: RunResult, seconds: float, settings: RunSettings) -> None:
+    """What the run did, for people and for the next run: counts, each failure's input and reason, options."""
+    from fusioncam import __version__
+
+    summary = {
+        "command": task.command,
+        "done": len(result.records) - result.skipped,
+        "skipped": result.skipped,
+        "failed": len(result.failures),
+        "interrupted": result.interrupted,
+        "failures": [failure_record(failure) for failure in result.failures],
+        "options": task.options,
+        "shard": list(settings.shard),
+        "fusioncam": __version__,
+        "seconds": round(seconds, 3),
+    }
+    temporary = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    temporary.write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    """`K/N` (0 ≤ K < N) from --shard; under torchrun (RANK, WORLD_SIZE set) the rank's share."""
+    if shard is None:
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        return (int(rank), int(world)) if rank is not None and world is not None else (0, 1)
+    try:
+        k, n = (int(part) for part in shard.split("/"))
+    except ValueError:
+        raise usage_error(f"--shard takes K/N, e.g. 0/4, got {shard!r}") from None
+    if not 0 <= k < n:
+        raise usage_error(f"--shard K/N needs 0 <= K < N, got {shard!r}")
+    return k, n
+
+
+def summary_path(out: Path, shard: tuple[int, int]) -> Path:
+    k, n = shard
+    return out / ("summary.json" if n == 1 else f"summary.shard-{k}-of-{n}.json")
+
+
+def report_end(result: RunResult, what: str, out: Path | None) -> None:
+    """The closing line on stderr and the exit code: 0 done, 1 some failed, 130 interrupted (with how to resume)."""
+    where = f" written to {out}" if out is not None else ""
+    skipped = f" ({result.skipped} already done)" if result.skipped else ""
+    failed = f", [red]{len(result.failures)} failed[/red]" if result.failures else ""
+    stderr.print(f"{len(result.records)} {what}{where}{skipped}{failed}")
+    if result.interrupted:
+        command = " ".join(shlex.quote(arg) for arg in ["fusioncam", *sys.argv[1:]] if arg != "--resume")
+        stderr.print(f"interrupted; resume with: {escape(command)} --resume")
+        raise typer.Exit(130)
+    if result.failures:
+        raise typer.Exit(1)
 
 
 def warn_truncated(pair: Pair) -> None:
     warn(f"{pair.origin}: text longer than the model reads, truncated: {pair.text!r}")
-
-
-def finish(records: list[dict], failures: list[Failure], what: str, out: Path | None) -> None:
-    where = f" written to {out}" if out is not None else ""
-    stderr.print(f"{len(records)} {what}{where}" + (f", [red]{len(failures)} failed[/red]" if failures else ""))
-    if failures:
-        raise typer.Exit(1)
