@@ -154,3 +154,23 @@ def test_shards_add_up_to_the_whole_run(preset: Path, photos: Path, tmp_path: Pa
 def test_shard_arguments_are_checked(preset: Path, photos: Path, tmp_path: Path) -> None:
     bad = subprocess.run(command(preset, photos, tmp_path / "o", "--shard", "2/2"), capture_output=True, text=True)
     assert bad.returncode == 2 and "0 <= K < N" in bad.stderr
+
+
+def test_torchrun_ranks_share_the_run_and_rank_0_merges_it(preset: Path, photos: Path, tmp_path: Path) -> None:
+    reference = tmp_path / "whole"
+    single = subprocess.run(command(preset, photos, reference, "--jsonl"), check=True, capture_output=True, text=True)
+    out = tmp_path / "ranks"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0"]
+    args = command(preset, photos, out, "--jsonl")[1:]  # after the interpreter: -m fusioncam.cli …
+    ranks = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=600)
+    assert ranks.returncode == 0, ranks.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ranks"] == 2 and summary["done"] == IMAGES * len(TEXTS) and summary["failed"] == 0
+    parts = [json.loads((out / f"summary.shard-{k}-of-2.json").read_text()) for k in (0, 1)]
+    assert all(part["done"] > 0 for part in parts)  # both ranks worked
+    merged = [json.loads(line) for line in ranks.stdout.splitlines() if line.startswith("{")]
+    alone = [json.loads(line) for line in single.stdout.splitlines()]
+    assert [(r["image"], r["text"], r["id"]) for r in merged] == [(r["image"], r["text"], r["id"]) for r in alone]
+    for part in out.glob("summary.shard-*.json"):
+        part.unlink()
+    assert_same_outputs(out, reference)

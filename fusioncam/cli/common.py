@@ -71,11 +71,14 @@ def available_devices() -> list[str]:
 
 
 def check_device(device: str) -> str:
-    """`device` if this machine has it (`auto` always does), else a usage error listing the devices it has."""
+    """`device` if this machine has it (`auto` always does), else a usage error listing the devices it has.
+
+    Under torchrun `auto` is the rank's own GPU (`cuda:LOCAL_RANK`) when there are GPUs."""
     import torch
 
     if device == "auto":
-        return device
+        local_rank = os.environ.get("LOCAL_RANK")
+        return f"cuda:{local_rank}" if local_rank is not None and torch.cuda.is_available() else device
     available = available_devices()
     try:
         parsed = torch.device(device)

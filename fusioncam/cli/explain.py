@@ -70,6 +70,7 @@ def heatmap(
 
     if save_mask and encoder != "esam":
         raise usage_error("--save-mask needs --encoder esam (the mask comes from EfficientSAM)")
+    device = check_device(device)
     inputs, total = pair_inputs(image, text or [], pairs, recursive)
     check_out_dir(out)
     matcher = load_matcher(model, device, encoder, fusion, sam_model)
@@ -128,6 +129,7 @@ def segment(
     """
     from fusioncam.runner import SegmentTask
 
+    device = check_device(device)
     inputs, total = pair_inputs(image, text or [], pairs, recursive)
     check_out_dir(out)
     matcher = load_matcher(model, device)
@@ -218,6 +220,7 @@ def vqa(
 
     if caption_min_length > caption_max_length:
         raise usage_error("--caption-min-length exceeds --caption-max-length")
+    device = check_device(device)
     inputs, total = pair_inputs(image, question or [], pairs, recursive, text_key="question")
     check_out_dir(out)
     matcher = load_matcher(model, device, encoder, fusion, sam_model)
@@ -281,8 +284,8 @@ def score(
     """
     from fusioncam.runner import ScoreTask
 
+    device = check_device(device)
     inputs, total = pair_inputs(image, texts or [], pairs, recursive)
-    check_device(device)
     matcher = load_matcher(model, device)
     run = run_info(matcher, None, itm=model)
     task = ScoreTask(matcher, run, on_truncated=warn_truncated, options={"weights": run["weights"]})

@@ -99,6 +99,11 @@ class RunSettings:
     shard: tuple[int, int] = (0, 1)
     summary: Path | None = None  # summary.json (or its shard's) under --out; None: no summary (score)
 
+    @property
+    def torchrun(self) -> bool:
+        """One of several processes started by torchrun (rank 0 merges what they all did)."""
+        return "TORCHELASTIC_RUN_ID" in os.environ and self.shard[1] > 1
+
 
 @dataclass
 class RunResult:
@@ -123,8 +128,15 @@ def run_task(
     from fusioncam.runner import as_failure, run
 
     settings = settings or RunSettings()
+    if settings.torchrun and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        settings.resume = True  # a rank restarted by torchrun picks up its share where it died
     if settings.resume and task.out is not None:
         remove_partial_files(task.out)
+    listed: list[Pair | Failure] = []
+    if settings.torchrun:  # rank 0 reports every rank's records in input order at the end
+        listed = list(inputs)
+        inputs = iter(listed)
+        jsonl_now, jsonl = jsonl, False
     result = RunResult()
     started = time.monotonic()
     interrupted = _Interrupt()
@@ -148,7 +160,53 @@ def run_task(
     result.interrupted = interrupted.asked()
     if settings.summary is not None:
         _write_summary(settings.summary, task, result, time.monotonic() - started, settings)
+    if settings.torchrun and settings.shard[0] == 0 and task.out is not None:
+        _merge_ranks(task, listed, settings.shard[1], jsonl_now)
     return result
+
+
+def _merge_ranks(task: Task, listed: list[Pair | Failure], ranks: int, jsonl: bool, timeout: float = 3600) -> None:
+    """Rank 0, once every rank's summary is on disk: the merged summary.json and, with `jsonl`, every rank's
+    records on stdout in input order (read back from the records they wrote)."""
+    from fusioncam.inputs import Failure
+    from fusioncam.outputs import record_path
+
+    out = task.out
+    assert out is not None and task.command is not None
+    paths = [summary_path(out, (k, ranks)) for k in range(ranks)]
+    deadline = time.monotonic() + timeout
+    while not all(_summary_of_this_run(path) for path in paths):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the other ranks did not write their summaries within {timeout:.0f} s")
+        time.sleep(0.2)
+    parts = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    merged = {key: sum(part[key] for part in parts) for key in ("done", "skipped", "failed")}
+    merged |= {"interrupted": any(part["interrupted"] for part in parts), "ranks": ranks, "command": task.command}
+    merged |= {"failures": [failure for part in parts for failure in part["failures"]], "options": task.options}
+    merged |= {"fusioncam": parts[0]["fusioncam"], "seconds": max(part["seconds"] for part in parts)}
+    target = out / "summary.json"
+    temporary = target.with_name(f".partial-{os.getpid()}-{target.name}")
+    temporary.write_text(json.dumps(merged, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(temporary, target)
+    if not jsonl:
+        return
+    failed = {(failure["origin"], failure["text"]): failure for failure in merged["failures"]}
+    for item in listed:
+        if isinstance(item, Failure):
+            line = failure_record(item)
+        elif (item.origin, item.text) in failed:
+            line = failed[item.origin, item.text]
+        else:
+            line = json.loads(record_path(out, item, task.command).read_text(encoding="utf-8"))
+        print(json.dumps(line, ensure_ascii=False), flush=True)
+
+
+def _summary_of_this_run(path: Path) -> bool:
+    """A rank's summary written by this torchrun run (not one left by an earlier run in the same folder)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("run_id") == os.environ.get("TORCHELASTIC_RUN_ID")
+    except (OSError, ValueError):
+        return False
 
 
 def remove_partial_files(out: Path) -> None:
@@ -214,6 +272,7 @@ def _write_summary(path: Path, task: Task, result: RunResult, seconds: float, se
         "failures": [failure_record(failure) for failure in result.failures],
         "options": task.options,
         "shard": list(settings.shard),
+        "run_id": os.environ.get("TORCHELASTIC_RUN_ID"),
         "fusioncam": __version__,
         "seconds": round(seconds, 3),
     }
