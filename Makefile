@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 IMG ?=
 TEXT ?=
 
-.PHONY: install browser test lint demo clean synth-models
+.PHONY: install browser test lint typecheck demo clean synth-models
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,11 +35,17 @@ browser:
 
 test: install browser
 	$(BIN)/ruff check fusioncam tests benchmarks
+	$(BIN)/ruff format --check fusioncam tests benchmarks
+	@$(MAKE) --no-print-directory typecheck
 	$(BIN)/python -m pytest -q tests
 
 lint: install
 	$(BIN)/ruff check fusioncam tests benchmarks
 	$(BIN)/ruff format --check fusioncam tests benchmarks
+
+# mypy over fusioncam/, configured in pyproject.toml ([tool.mypy]); its cache (.mypy_cache) makes reruns take seconds.
+typecheck: install
+	$(BIN)/mypy
 
 # The first thing to try: the example photo explained by the default model (fetched on first use) or, offline, the
 # built-in toy models on a generated scene; `make demo IMG=photo.jpg TEXT="a dog"` for your own picture.

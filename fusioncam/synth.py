@@ -280,7 +280,9 @@ def _shape_mask(shape: str, cx: float, cy: float, side: float, image_size: int) 
 def _background(rng: np.random.Generator, kind: str, image_size: int) -> np.ndarray:
     """A near-grey texture: a base grey with a slight tint, modulated by a pattern in [-1, 1], plus fine noise.
 
-    Every pixel stays within about 25 levels of the grey axis, far from every object colour.
+    Every pixel's channels stay within 25 levels of their mean, far from every object colour: the pattern moves
+    all three alike, and a channel is at most (2·10 + 10 + 10)/3 from it by the tint (|t| ≤ 10), (2·8 + 8 + 8)/3
+    by the grain (|g| ≤ 8) and (2·½ + ½ + ½)/3 by rounding, 24⅔ in all.
     """
     n = image_size
     y, x = np.mgrid[0:n, 0:n].astype(np.float32)

@@ -67,6 +67,7 @@ from fusioncam.images import BLIP_MEAN, BLIP_STD, ImageTransform
 from fusioncam.models.blip import BlipCaption, BlipCaptionConfig, caption_loss
 from fusioncam.models.efficient_sam import EfficientSam, EfficientSamConfig
 from fusioncam.models.t5_fid import FusionInDecoderQA
+from fusioncam.models.vit import VisionTransformer
 from fusioncam.synth import COLORS, SHAPES, VOCABULARY, Description, Scene, describe, generate, synth_scene, write_vocab
 from fusioncam.text import BlipTokenizer, clean_question
 from fusioncam.train import TrainConfig, TrainResult, train
@@ -432,12 +433,12 @@ def bert_init(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Linear | torch.nn.Embedding):
             torch.nn.init.normal_(module.weight, std=0.02)
-            if getattr(module, "bias", None) is not None:
-                torch.nn.init.zeros_(module.bias)
+        if isinstance(module, torch.nn.Linear) and module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
 
 
 def pretrain_vision(
-    vision: torch.nn.Module,
+    vision: VisionTransformer,
     pixels: torch.Tensor,
     scenes: Sequence[tuple[Scene, Description]],
     recipe: CaptionRecipe,
@@ -641,8 +642,10 @@ def save_itm(result: TrainResult, folder: Path, name: str) -> SavedModel:
     weights = folder / f"{name}.safetensors"
     shutil.copyfile(result.weights, weights)
     vocab = folder / "vocab.txt"
-    if not (vocab.exists() and vocab.samefile(trained.file("vocab").path)):
-        shutil.copyfile(trained.file("vocab").path, vocab)
+    trained_vocab = trained.file("vocab").path
+    assert trained_vocab is not None  # `train` writes a preset whose files are local paths
+    if not (vocab.exists() and vocab.samefile(trained_vocab)):
+        shutil.copyfile(trained_vocab, vocab)
     table = {"kind": "blip-itm", "layout": "fusioncam", "config": trained.config, "preprocess": trained.preprocess}
     return SavedModel(name, table, {"checkpoint": weights, "vocab": vocab})
 

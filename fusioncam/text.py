@@ -10,9 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding
 
 _CAPTION_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
 
@@ -101,7 +104,7 @@ class BlipTokenizer:
         return Encoding(batch["input_ids"], batch["attention_mask"], words, [length > limit for length in lengths])
 
     @staticmethod
-    def _words(text: str, batch, index: int) -> list[Word]:
+    def _words(text: str, batch: BatchEncoding, index: int) -> list[Word]:
         spans: dict[int, list[int]] = {}
         for position, word_id in enumerate(batch.word_ids(index)):
             if word_id is not None:

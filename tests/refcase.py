@@ -1,10 +1,13 @@
-"""One reference case directory of `shared/fixtures/reference`, and the tolerance check every kind uses."""
+"""One reference case directory of `shared/fixtures/reference`, the tolerance check every kind uses, and the
+dispatch of a case to the check of its kind."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -34,3 +37,16 @@ class Case:
             return suggested[name]
         reference = self.outputs[name].abs().max().item()
         return max(1e-5 * reference, 10 * self.config["tolerance_float32_vs_float64"][name]["max_abs_err"])
+
+
+def run_case(case_dir: Path, checks: Mapping[str, Callable[[Case], None]]) -> None:
+    """Run the check of the case's kind (`config.json`'s `"case"`); a kind without one fails the test, naming the
+    kind and the folder, so that a new fixture nobody handles cannot pass silently."""
+    kind = json.loads((case_dir / "config.json").read_text()).get("case")
+    if kind not in checks:
+        pytest.fail(
+            f"reference case {case_dir}: no check for its kind {kind!r} (known: {', '.join(sorted(checks))}); "
+            "add one to the CHECKS of a tests/ref_*.py module"
+        )
+    torch.manual_seed(0)
+    checks[kind](Case(case_dir))

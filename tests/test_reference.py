@@ -2,8 +2,7 @@
 
 Each case directory holds `config.json` (with `"case"`, the kind), weights, inputs and outputs produced by the
 original code. The checks for each kind live in `tests/ref_*.py` modules (each exports `CHECKS`, kind → check);
-a kind that none of them implements is skipped with the reason "not implemented". Tolerances are the case's own
-`suggested_atol`.
+a kind that none of them implements fails. Tolerances are the case's own `suggested_atol`.
 """
 
 from __future__ import annotations
@@ -14,9 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import reference_root
-from refcase import Case
+from refcase import Case, run_case
 
 CHECKS: dict[str, Callable[[Case], None]] = {}
 for _module in sorted(Path(__file__).parent.glob("ref_*.py")):
@@ -36,8 +34,12 @@ def test_reference_cases_found() -> None:
 
 @pytest.mark.parametrize("case_dir", _case_dirs(), ids=lambda path: path.name)
 def test_reference_case(case_dir: Path) -> None:
-    kind = json.loads((case_dir / "config.json").read_text())["case"]
-    if kind not in CHECKS:
-        pytest.skip("not implemented")
-    torch.manual_seed(0)
-    CHECKS[kind](Case(case_dir))
+    run_case(case_dir, CHECKS)
+
+
+def test_unknown_case_kind_fails(tmp_path: Path) -> None:
+    case_dir = tmp_path / "new_fixture"
+    case_dir.mkdir()
+    (case_dir / "config.json").write_text(json.dumps({"case": "no_such_kind"}))
+    with pytest.raises(pytest.fail.Exception, match=r"new_fixture: no check for its kind 'no_such_kind'"):
+        run_case(case_dir, CHECKS)

@@ -74,6 +74,8 @@ def compute_gradcam(
     with torch.enable_grad():
         out = model.itm(image_embeds.detach(), itm_input_ids, attention_mask, probe_block=block)
         attention = out.cross_attention
+        if attention is None:
+            raise ValueError(f"{type(model).__name__}.itm returned no cross-attention for probe_block={block}")
         (grad,) = torch.autograd.grad(out.logits[:, 1].sum(), attention)
     attention = attention.detach()
     batch, heads, length, _ = attention.shape

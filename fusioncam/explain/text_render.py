@@ -3,7 +3,7 @@
 Labels are words of the user's text and captions are questions and answers, so they can be in any language;
 OpenCV's Hershey fonts only have ASCII. Unifont has a 16-pixel-high glyph for every visible character of
 Unicode's plane 0 (Latin, Greek, Cyrillic, Arabic, Hebrew, Indic scripts, CJK, Hangul, …); the shipped table
-(`fonts/unifont.npz`, ~0.8 MB, SIL OFL 1.1, made by `fonts/build_unifont.py`) adds its monochrome emoji and
+(`fonts/unifont.npz`, 840 kB, SIL OFL 1.1, made by `fonts/build_unifont.py`) adds its monochrome emoji and
 symbols (U+1F000–U+1FAFF). A character it lacks is drawn as an empty box, so a missing glyph is visible as one
 rather than silently dropped.
 
@@ -56,7 +56,8 @@ class _Run:
 
 @functools.cache
 def _font() -> _Font:
-    """Loaded on first use (~20 ms) and kept: most runs draw no text at all."""
+    """Loaded on first use and kept: most runs draw no text at all (loading took 13–18 ms on a 2-core AMD EPYC
+    VM, warm file cache)."""
     with np.load(_FONT_PATH, allow_pickle=False) as table:
         return _Font(**{name: table[name] for name in ("codepoints", "widths", "offsets", "bitmaps")})
 

@@ -27,8 +27,9 @@ class TrainConfig:
     `batch_size` is per rank; `checkpoint_every` 0 writes a checkpoint only at the end; `grad_clip` 0 turns
     clipping off; `amp` "auto" is bf16 (fp16 where bf16 is unsupported) on CUDA and off elsewhere. `resume` is a
     checkpoint file, or a folder whose latest checkpoint is taken. `cache_sam` keeps every image's SAM embedding
-    in CPU memory for the run (about 4 MB per image at SAM's 1024² input). `record` makes every rank write
-    `rank-<r>.json`: the sample indices it trained on per step and the files it wrote (to check the data split).
+    in CPU memory for the run (256 channels × 64 × 64 float32 = 4 MiB per image at SAM's 1024² input). `record`
+    makes every rank write `rank-<r>.json`: the sample indices it trained on per step and the files it wrote (to
+    check the data split).
     """
 
     what: str

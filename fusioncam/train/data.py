@@ -40,6 +40,8 @@ class PairSet:
             for item in pairs_from_jsonl(lines, str(path), path.parent):
                 if isinstance(item, Failure):
                     raise ValueError(f"{item.origin}: {item.reason}")
+                if not isinstance(item.image, Path):
+                    raise ValueError(f"{item.origin}: training reads image files, not URLs: {item.image}")
                 text = clean_caption(item.text)
                 if not text:
                     raise ValueError(f"{item.origin}: the text is empty after cleaning")

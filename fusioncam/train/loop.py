@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -119,14 +120,22 @@ def _train(config: TrainConfig, here: Launch, progress: StepCallback | None) -> 
         loss, itc, itm = values.tolist()
         seconds = time.perf_counter() - started
         last = {"step": step, "loss": loss, "itc": itc, "itm": itm, "lr": lr} | used | {"seconds": seconds}
-        writer.write("metrics.jsonl", lambda path, record=last: append_line(path, record))
+        writer.write("metrics.jsonl", partial(append_line, record=last))
 
         done = step + 1
         if done == config.steps or (config.checkpoint_every and done % config.checkpoint_every == 0):
             checkpoints.append(
                 writer.write(
                     f"checkpoint-{done}.pt",
-                    lambda path, done=done: save_checkpoint(path, objective, optimizer, scaler, done, config, world),
+                    partial(
+                        save_checkpoint,
+                        objective=objective,
+                        optimizer=optimizer,
+                        scaler=scaler,
+                        step=done,
+                        config=config,
+                        world=world,
+                    ),
                 )
             )
         if progress and here.main:

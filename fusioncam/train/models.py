@@ -45,10 +45,13 @@ class RunModels:
 def build_models(config: TrainConfig, device: torch.device) -> RunModels:
     """The objective on `device` in training mode; a fusion's BLIP stays in eval mode (frozen, no dropout)."""
     matcher, blip_preset, vocab = _blip(config)
+    if not isinstance(matcher.model, BlipITM):
+        raise ValueError(f"model {config.model!r} is a fusion; training starts from a BLIP ITM preset")
     if config.what == "itm":
         model: BlipITM | BlipFusionITM = matcher.model.requires_grad_(True)
         sam = sam_preset = None
     else:
+        assert config.sam is not None  # TrainConfig refuses a fusion without an EfficientSAM preset
         sam_preset = get_preset(config.sam)
         sam = load_sam(config.sam, device=str(device))
         fusion = FusionConfig.from_dict({"sam_channels": sam.config.encoder.neck_dim} | config.fusion)
@@ -63,21 +66,20 @@ def build_models(config: TrainConfig, device: torch.device) -> RunModels:
 def _blip(config: TrainConfig) -> tuple[BlipMatcher, Preset, Path]:
     """The BLIP ITM preset with its weights, or randomly initialised under the `from_scratch` rule (on the CPU)."""
     preset = get_preset(config.model)
-    spec = preset.files.get("checkpoint")
-    has_weights = spec is not None and not (spec.source_kind == "path" and not spec.path.is_file())
+    absent = _absent_weights(preset)
     vocab = resolve_file(preset, "vocab")
-    if has_weights and config.from_scratch:
+    if absent is None and config.from_scratch:
         raise ValueError(
-            f"preset {preset.name!r} has weights ({spec.origin}); from_scratch only starts presets without them. "
-            "Drop from_scratch to fine-tune these weights, or point the checkpoint at a file that does not exist"
+            f"preset {preset.name!r} has weights ({preset.file('checkpoint').origin}); from_scratch only starts "
+            "presets without them. Drop from_scratch to fine-tune these weights, or point the checkpoint at a file "
+            "that does not exist"
         )
-    if not has_weights and not config.from_scratch:
-        where = f"its checkpoint {spec.path} does not exist" if spec is not None else "it declares no checkpoint"
+    if absent is not None and not config.from_scratch:
         raise ValueError(
-            f"preset {preset.name!r} has no weights ({where}); pass from_scratch=True (--from-scratch) to train "
+            f"preset {preset.name!r} has no weights ({absent}); pass from_scratch=True (--from-scratch) to train "
             "it from random weights"
         )
-    if has_weights:
+    if absent is None:
         return load(config.model, device="cpu"), preset, vocab
     blip_config = build_blip_itm(preset).config
     torch.manual_seed(derive_seed(config.seed, INIT))
@@ -85,6 +87,16 @@ def _blip(config: TrainConfig) -> tuple[BlipMatcher, Preset, Path]:
     tokenizer = blip_preset_tokenizer(preset, vocab, blip_config.max_txt_len, blip_config.text.vocab_size)
     transform = blip_preset_transform(preset, blip_config.vision.image_size)
     return BlipMatcher(model, tokenizer, transform, name=preset.name), preset, vocab
+
+
+def _absent_weights(preset: Preset) -> str | None:
+    """Why `preset` has no weights (no checkpoint declared, or a `path` not written yet); None when it has them."""
+    spec = preset.files.get("checkpoint")
+    if spec is None:
+        return "it declares no checkpoint"
+    if spec.source_kind == "path" and spec.path is not None and not spec.path.is_file():
+        return f"its checkpoint {spec.path} does not exist"
+    return None
 
 
 class SamEmbeddings:

@@ -137,10 +137,12 @@ class MatchingObjective(nn.Module):
     ) -> Losses:
         with torch.no_grad():
             self.temperature.clamp_(*TEMPERATURE_RANGE)
-        if sam_embeddings is None:
+        if isinstance(self.model, BlipFusionITM) and sam_embeddings is not None:
+            image_embeds = self.model.encode_image(pixels, sam_embeddings)
+        elif isinstance(self.model, BlipITM) and sam_embeddings is None:
             image_embeds = self.model.encode_image(pixels)
         else:
-            image_embeds = self.model.encode_image(pixels, sam_embeddings)
+            raise ValueError("a fusion model needs SAM embeddings and a BLIP ITM takes none")
         return matching_losses(
             self.model,
             image_embeds,
