@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -60,13 +65,18 @@ class Batch:
     ids: dict[Pair, str] = field(default_factory=dict)
 
     @classmethod
-    def decode(cls, pairs: list[Pair], ids: dict[Pair, str] | None = None) -> Batch:
+    def decode(
+        cls, pairs: list[Pair], ids: dict[Pair, str] | None = None, pool: ThreadPoolExecutor | None = None
+    ) -> Batch:
+        """Decode each distinct image of `pairs` once (in `pool`'s threads when given: OpenCV decodes without the
+        GIL, so threads overlap decoding with each other and with the model)."""
         batch = cls(pairs, ids=ids or {})
-        for source in dict.fromkeys(pair.image for pair in pairs):
-            try:
-                batch.images[source] = load_image_source(source)
-            except ImageDecodeError as error:
-                batch.reasons[source] = str(error)
+        sources = list(dict.fromkeys(pair.image for pair in pairs))
+        for source, decoded in zip(sources, (pool.map if pool else map)(_decode, sources), strict=True):
+            if isinstance(decoded, str):
+                batch.reasons[source] = decoded
+            else:
+                batch.images[source] = decoded
         return batch
 
     def split(
@@ -81,6 +91,13 @@ class Batch:
             else:
                 runnable.append(pair)
         return runnable, failed
+
+
+def _decode(source: ImageRef) -> np.ndarray | str:
+    try:
+        return load_image_source(source)
+    except ImageDecodeError as error:
+        return str(error)
 
 
 class Task(Protocol):
@@ -116,21 +133,102 @@ def run(
     resume: bool = False,
     shard: tuple[int, int] = (0, 1),
     stop: Callable[[], bool] = lambda: False,
+    workers: int = 0,
+    timing: RunTiming | None = None,
 ) -> Iterator[Settled]:
     """Every input of this shard with its outcome, in input order (so that JSONL output lines up with its input).
 
     A failure never stops the run; `stop()` is asked between batches (Ctrl-C: the batch in hand is finished and
     written, then the run ends). With `resume`, a pair whose record is on disk with its id and all its files is
     not redone. `shard = (k, n)`: only the inputs `shard_of` gives to process k of n. `on_batch(n)` hears how many
-    inputs each batch settled.
+    inputs each batch settled. `workers` > 0: images are read and decoded that many at a time in threads, up to
+    two batches ahead of the model (memory stays flat on a folder of any size); `timing` adds up how long the
+    model waited for them.
     """
     k, shards = shard
     mine = (item for item in inputs if shards == 1 or shard_of(item, shards) == k)
-    for chunk in batched(mine, batch_size):
-        ids = {item: pair_id(item, task.options) for item in chunk if isinstance(item, Pair)}
-        done = {pair: record for pair in ids if resume and (record := _done(task, pair, ids[pair])) is not None}
-        todo = [pair for pair in ids if pair not in done]
-        outcomes = dict(task(Batch.decode(todo, ids))) if todo else {}
+    prepared = (_prepare(chunk, task, resume) for chunk in batched(mine, batch_size))
+    with ThreadPoolExecutor(workers) if workers else nullcontext() as pool:
+        batches = _ahead(prepared, pool, depth=2) if pool else (_decoded(item, None) for item in prepared)
+        yield from _settle(batches, task, on_batch, stop, timing)
+
+
+@dataclass
+class RunTiming:
+    """Where a run's wall time went: `waiting` for decoded images, of `total` seconds."""
+
+    waiting: float = 0.0
+    total: float = 0.0
+
+
+@dataclass
+class _Prepared:
+    chunk: list[Pair | Failure]
+    ids: dict[Pair, str]
+    done: dict[Pair, dict]
+    batch: Batch | None = None
+
+
+def _prepare(chunk: list[Pair | Failure], task: Task, resume: bool) -> _Prepared:
+    ids = {item: pair_id(item, task.options) for item in chunk if isinstance(item, Pair)}
+    done = {pair: record for pair in ids if resume and (record := _done(task, pair, ids[pair])) is not None}
+    return _Prepared(chunk, ids, done)
+
+
+def _decoded(prepared: _Prepared, pool: ThreadPoolExecutor | None) -> _Prepared:
+    todo = [pair for pair in prepared.ids if pair not in prepared.done]
+    prepared.batch = Batch.decode(todo, prepared.ids, pool) if todo else None
+    return prepared
+
+
+def _ahead(prepared: Iterator[_Prepared], pool: ThreadPoolExecutor, depth: int) -> Iterator[_Prepared]:
+    """Batches decoded by a feeder thread while the caller runs the model on earlier ones; at most `depth` wait."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    finished = object()
+    halt = threading.Event()
+
+    def feed() -> None:
+        try:
+            for item in prepared:
+                if halt.is_set():
+                    return
+                ready.put(_decoded(item, pool))
+        except BaseException as error:  # handed to the caller, who raises it where it would have come from
+            ready.put(error)
+        ready.put(finished)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        while (item := ready.get()) is not finished:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        halt.set()
+        while feeder.is_alive():  # let a feeder blocked on a full queue see `halt`
+            with suppress(queue.Empty):
+                ready.get_nowait()
+            feeder.join(timeout=0.05)
+
+
+def _settle(
+    batches: Iterator[_Prepared],
+    task: Task,
+    on_batch: Callable[[int], None] | None,
+    stop: Callable[[], bool],
+    timing: RunTiming | None,
+) -> Iterator[Settled]:
+    started = time.perf_counter()
+    while True:
+        asked = time.perf_counter()
+        prepared = next(batches, None)
+        if timing is not None:
+            timing.waiting += time.perf_counter() - asked
+        if prepared is None:
+            break
+        chunk, done = prepared.chunk, prepared.done
+        outcomes = dict(task(prepared.batch)) if prepared.batch is not None else {}
         for item in chunk:
             if isinstance(item, Failure):
                 yield Settled(item, item)
@@ -140,6 +238,8 @@ def run(
                 yield Settled(item, outcomes[item])
         if on_batch is not None:
             on_batch(len(chunk))
+        if timing is not None:
+            timing.total = time.perf_counter() - started
         if stop():
             return
 

@@ -53,6 +53,7 @@ def heatmap(
     quiet: options.Quiet = False,
     resume: options.Resume = False,
     shard: options.Shard = None,
+    workers: options.Workers = 2,
 ) -> None:
     """Grad-CAM heatmap of TEXT over IMAGE: overlay PNG, raw .npy map and a JSON record per pair.
 
@@ -77,7 +78,7 @@ def heatmap(
     check_block(matcher, block)
     refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend)
     run = run_info(matcher, fusion, itm=model, **({"sam": sam_preset_name(sam_model)} if encoder != "blip" else {}))
-    settings = RunSettings(resume, parse_shard(shard), summary_path(out, parse_shard(shard)))
+    settings = RunSettings(resume, parse_shard(shard), summary_path(out, parse_shard(shard)), workers)
     sam_options = {"points": points, "sam_labels": sam_labels, "sam_mask": sam_mask, "sam_blend": sam_blend}
     results = {"block": block, "encoder": encoder, "per_word": per_word, "alpha": alpha, "colormap": colormap}
     results |= {"save_mask": save_mask, "weights": run["weights"], "precision": run["precision"]}
@@ -119,6 +120,7 @@ def segment(
     quiet: options.Quiet = False,
     resume: options.Resume = False,
     shard: options.Shard = None,
+    workers: options.Workers = 2,
 ) -> None:
     """Text-prompted object mask: BLIP heatmap of TEXT → peaks → EfficientSAM mask of the object.
 
@@ -137,7 +139,7 @@ def segment(
     refiner = refiner_for("esam", sam_model, device, points, sam_labels, sam_mask)
     assert refiner is not None
     run = run_info(matcher, None, itm=model, sam=sam_preset_name(sam_model))
-    settings = RunSettings(resume, parse_shard(shard), summary_path(out, parse_shard(shard)))
+    settings = RunSettings(resume, parse_shard(shard), summary_path(out, parse_shard(shard)), workers)
     results = {"block": block, "points": points, "sam_labels": sam_labels, "sam_mask": sam_mask}
     results |= {"weights": run["weights"], "precision": run["precision"]}
     task = SegmentTask(matcher, refiner, out, block, run, on_truncated=warn_truncated, options=results)
@@ -198,6 +200,7 @@ def vqa(
     quiet: options.Quiet = False,
     resume: options.Resume = False,
     shard: options.Shard = None,
+    workers: options.Workers = 2,
 ) -> None:
     """Answer QUESTION about IMAGE the PNP-VQA way, and show where the answer came from.
 
@@ -246,7 +249,7 @@ def vqa(
     models = {"itm": matcher.name, "caption": captioner.name, "qa": answerer.name, "encoder": encoder}
     sam = {"sam": sam_preset_name(sam_model)} if encoder != "blip" else {}
     run = run_info(matcher, fusion, itm=model, caption=caption_model, qa=qa_model, **sam)
-    settings = RunSettings(resume, parse_shard(shard), summary_path(out, parse_shard(shard)))
+    settings = RunSettings(resume, parse_shard(shard), summary_path(out, parse_shard(shard)), workers)
     results = asdict(config) | {"encoder": encoder, "seed": seed, "alpha": alpha, "colormap": colormap}
     results |= {"weights": run["weights"], "precision": run["precision"], "batch_size": batch_size}
     task = VQATask(pipeline, out, models, torch.Generator().manual_seed(seed), alpha, colormap, run, options=results)
@@ -273,6 +276,7 @@ def score(
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
     shard: options.Shard = None,
+    workers: options.Workers = 2,
 ) -> None:
     """ITM match probability and ITC similarity of each TEXT with IMAGE (a file, a folder, or JSONL on stdin).
 
@@ -289,7 +293,9 @@ def score(
     matcher = load_matcher(model, device)
     run = run_info(matcher, None, itm=model)
     task = ScoreTask(matcher, run, on_truncated=warn_truncated, options={"weights": run["weights"]})
-    result = run_task(inputs, total, task, batch_size, jsonl, quiet, RunSettings(shard=parse_shard(shard)))
+    result = run_task(
+        inputs, total, task, batch_size, jsonl, quiet, RunSettings(shard=parse_shard(shard), workers=workers)
+    )
     records = result.records
     if not jsonl and records:
         ranked = sorted(records, key=lambda r: (r["image"], -r["itm_score"]))

@@ -101,3 +101,10 @@ Shard = Annotated[
         "arrays. Under torchrun the rank's share is taken by default.",
     ),
 ]
+Workers = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Threads reading and decoding images ahead of the model (up to two batches ahead; 0: in turn with it).",
+    ),
+]

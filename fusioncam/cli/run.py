@@ -98,6 +98,7 @@ class RunSettings:
     resume: bool = False
     shard: tuple[int, int] = (0, 1)
     summary: Path | None = None  # summary.json (or its shard's) under --out; None: no summary (score)
+    workers: int = 2
 
     @property
     def torchrun(self) -> bool:
@@ -142,7 +143,14 @@ def run_task(
     interrupted = _Interrupt()
     with progress(task.label, total, quiet) as bar, interrupted:
         settled = run(
-            inputs, task, batch_size, bar.advance, resume=settings.resume, shard=settings.shard, stop=interrupted.asked
+            inputs,
+            task,
+            batch_size,
+            bar.advance,
+            resume=settings.resume,
+            shard=settings.shard,
+            stop=interrupted.asked,
+            workers=settings.workers,
         )
         for item in settled:
             failure = as_failure(item)
