@@ -25,6 +25,7 @@ from fusioncam.checkpoints import (
     load_t5_weights,
     read_state_dict,
 )
+from fusioncam.choices import LabelMode, MaskBlend, MaskChoice
 from fusioncam.explain.gradcam import compute_gradcam
 from fusioncam.explain.refine import Refined, SamImage, refine_heatmaps
 from fusioncam.explain.refine import embed_images as embed_for_sam
@@ -34,7 +35,7 @@ from fusioncam.models.blip import BlipCaption, BlipCaptionConfig, BlipITM, BlipI
 from fusioncam.models.efficient_sam import EfficientSam, EfficientSamConfig
 from fusioncam.models.fusion import BlipFusionITM
 from fusioncam.models.t5_fid import FusionInDecoderQA
-from fusioncam.text import BlipTokenizer, clean_caption
+from fusioncam.text import BlipTokenizer, Encoding, clean_caption
 from fusioncam.weights import Preset, get_preset, require_files
 
 
@@ -122,19 +123,19 @@ class BlipMatcher:
         embedded = embed_for_sam(self.sam, images, max_side=None)  # SAM resizes them itself, as in training
         return self.model.encode_image(pixels, torch.stack([image.embedding for image in embedded]).to(self.device))
 
-    def _encode(self, texts: Sequence[str], clean: Callable[[str], str] = clean_caption):
+    def _encode(self, texts: Sequence[str], clean: Callable[[str], str] = clean_caption) -> tuple[list[str], Encoding]:
         cleaned = [clean(text) for text in texts]
         return cleaned, self.tokenizer(cleaned).to(self.device)
 
     @torch.no_grad()
-    def _itc(self, image_embeds: torch.Tensor, encoding) -> torch.Tensor:
+    def _itc(self, image_embeds: torch.Tensor, encoding: Encoding) -> torch.Tensor:
         """ITC similarity of row i of images with row i of texts."""
         image = self.model.image_features(image_embeds)
         text = self.model.text_features(encoding.input_ids, encoding.attention_mask)
         return (image * text).sum(-1)
 
     @torch.no_grad()
-    def _itm(self, image_embeds: torch.Tensor, encoding) -> torch.Tensor:
+    def _itm(self, image_embeds: torch.Tensor, encoding: Encoding) -> torch.Tensor:
         """ITM match probability of row i of images with row i of texts."""
         input_ids = self.tokenizer.for_itm(encoding.input_ids)
         return self.model.itm(image_embeds, input_ids, encoding.attention_mask).match_probability
@@ -259,7 +260,7 @@ def build_blip_itm(preset: Preset) -> BlipITM:
 
 def blip_preset_transform(preset: Preset, image_size: int) -> ImageTransform:
     """The preprocessing a BLIP preset's weights expect (LAVIS `blip_image_eval` unless the preset says more)."""
-    preprocess = {"image_size": image_size, "mean": BLIP_MEAN, "std": BLIP_STD} | preset.preprocess
+    preprocess: dict[str, Any] = {"image_size": image_size, "mean": BLIP_MEAN, "std": BLIP_STD} | preset.preprocess
     transform = ImageTransform(
         image_size=int(preprocess["image_size"]),
         mean=tuple(preprocess["mean"]),
@@ -458,9 +459,9 @@ class SamRefiner:
         self,
         sam: EfficientSam,
         num_points: int = 5,
-        labels: str = "fork",
-        mask_choice: str = "first",
-        blend: str = "fork",
+        labels: LabelMode = "fork",
+        mask_choice: MaskChoice = "first",
+        blend: MaskBlend = "fork",
         cache_size: int = 32,
     ) -> None:
         self.sam, self.num_points, self.labels, self.mask_choice = sam, num_points, labels, mask_choice

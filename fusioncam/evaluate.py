@@ -143,10 +143,13 @@ def evaluate_pointing(
 
 
 class ImageText(Protocol):
-    """Anything with an image path and a text: a `Referring` record, a `fusioncam.inputs.Pair`."""
+    """Anything with an image and a text: a `Referring` record, a `fusioncam.inputs.Pair`."""
 
-    image: Path
-    text: str
+    @property
+    def image(self) -> Path | str: ...
+
+    @property
+    def text(self) -> str: ...
 
 
 @dataclass(frozen=True)

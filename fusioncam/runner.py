@@ -31,7 +31,7 @@ import torch
 from fusioncam.api import BlipMatcher, Explained, SamRefiner, distinct_images, explain_pairs
 from fusioncam.images import ImageDecodeError, load_image_source
 from fusioncam.inputs import Failure, ImageRef, Pair, batched, image_label
-from fusioncam.outputs import record_path, score_record, write_heatmap, write_segment, write_vqa
+from fusioncam.outputs import DiskFullError, record_path, score_record, write_heatmap, write_segment, write_vqa
 from fusioncam.text import clean_caption
 from fusioncam.vqa import PNPVQA
 
@@ -108,9 +108,13 @@ class Task(Protocol):
     """
 
     label: str
-    command: str | None
-    out: Path | None
     options: dict[str, Any]
+
+    @property
+    def command(self) -> str | None: ...
+
+    @property
+    def out(self) -> Path | None: ...
 
     def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Outcome]]: ...
 
@@ -270,9 +274,12 @@ def as_failure(settled: Settled) -> Failure | None:
 
 
 def _written(pair: Pair, write: Callable[..., dict], *args: object, **kwargs: object) -> tuple[Pair, Outcome]:
-    """Write a pair's outputs; a file-system error fails that pair only."""
+    """Write a pair's outputs; a file-system error fails that pair only, except a full disk, which stops the run
+    (every later pair would fail the same way)."""
     try:
         return pair, write(*args, **kwargs)
+    except DiskFullError:
+        raise
     except OSError as error:
         return pair, f"cannot write outputs: {error}"
 

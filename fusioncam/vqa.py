@@ -106,7 +106,7 @@ class PNPVQA:
         `keys` name the images (e.g. paths): an image asked several questions is encoded once by BLIP, by SAM and by
         the captioner. Without keys every image is taken as distinct.
         """
-        config, seconds = self.config, {}
+        config, seconds = self.config, dict[str, float]()
         keys = list(keys) if keys is not None else [object() for _ in images]
         with _timed(seconds, "heatmap"):
             explained = explain_pairs(
@@ -121,7 +121,7 @@ class PNPVQA:
         maps = torch.stack([item.map for item in explained])
         with _timed(seconds, "captions"):
             evidence = self._captions(images, keys, maps.flatten(1), generator)
-        grid = tuple(maps.shape[1:])
+        grid = (maps.shape[1], maps.shape[2])
         answers: list[str] = [""] * len(questions)
         answer_maps: list[torch.Tensor | None] = [None] * len(questions)
         for group in self._groups(questions, evidence):

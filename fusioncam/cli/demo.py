@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fusioncam.cli import options
+
+if TYPE_CHECKING:
+    from fusioncam.demo import DemoPlan, DemoResult
 from fusioncam.cli.common import check_device, check_out_dir, fail, stderr, usage_error
 
 
@@ -47,10 +50,10 @@ def demo(
         raise usage_error("--text goes with --image")
     check_out_dir(out)
     check_device(device)
-    unavailable = None if builtin else _real_models_unavailable(weights_lib, image is None)
+    unavailable = None if builtin else _real_models_unavailable(image is None)
     if unavailable is None and not builtin:
         example = image or weights_lib.resolve_file("example-image", "image")
-        plan = demo_lib.real_plan(example, text or demo_lib.REAL_TEXT, with_vqa=_cached(weights_lib, demo_lib.REAL_VQA))
+        plan = demo_lib.real_plan(example, text or demo_lib.REAL_TEXT, with_vqa=_cached(demo_lib.REAL_VQA))
     elif image is not None:
         raise fail(f"the real models are needed for --image and cannot be had here: {unavailable}")
     else:
@@ -66,9 +69,10 @@ def demo(
     _summary(plan, result)
 
 
-def _real_models_unavailable(weights_lib, with_example: bool) -> str | None:
+def _real_models_unavailable(with_example: bool) -> str | None:
     """Why the real default models cannot be used here (None when they can: cached, or downloaded now)."""
     from fusioncam import demo as demo_lib
+    from fusioncam import weights as weights_lib
 
     try:
         if with_example:
@@ -80,11 +84,13 @@ def _real_models_unavailable(weights_lib, with_example: bool) -> str | None:
     return None
 
 
-def _cached(weights_lib, names: tuple[str, ...]) -> bool:
+def _cached(names: tuple[str, ...]) -> bool:
+    from fusioncam import weights as weights_lib
+
     return all(path is not None and path.exists() for name in names for path in weights_lib.preset_paths(name).values())
 
 
-def _summary(plan, result) -> None:
+def _summary(plan: DemoPlan, result: DemoResult) -> None:
     """What was written, a line per file, and the answer (with the truth, for a generated scene)."""
     print(f"demo: {plan.text!r} in {plan.image}" + (f" ({plan.note})" if plan.note else ""))
     for step, record in result.records.items():

@@ -93,7 +93,7 @@ def eval_itm(
     """
     from fusioncam.evaluate import itm_accuracy
     from fusioncam.images import ImageDecodeError
-    from fusioncam.inputs import Failure, pairs_from_jsonl
+    from fusioncam.inputs import Failure, Pair, pairs_from_jsonl
 
     if not data.is_file():
         raise usage_error(f"--data file not found: {data}")
@@ -102,7 +102,7 @@ def eval_itm(
     failures = [item for item in items if isinstance(item, Failure)]
     if failures:
         raise usage_error(f"{failures[0].origin}: {failures[0].reason}")
-    records = items[:limit]
+    records = [item for item in items if isinstance(item, Pair)][:limit]
     if not records:
         raise usage_error(f"{data} holds no pairs")
     matcher = load_matcher(model, device, encoder, fusion, sam_model)

@@ -9,6 +9,7 @@ from fusioncam.cli.common import check_device, loading, usage_error
 
 if TYPE_CHECKING:
     from fusioncam.api import BlipMatcher, SamRefiner
+    from fusioncam.choices import LabelMode, MaskBlend, MaskChoice
 
 
 def sam_preset_name(sam: str) -> str:
@@ -39,7 +40,13 @@ def check_block(matcher: BlipMatcher, block: int, option: str = "--block") -> No
 
 
 def refiner_for(
-    encoder: str, sam: str, device: str, points: int, sam_labels: str, sam_mask: str, sam_blend: str = "fork"
+    encoder: str,
+    sam: str,
+    device: str,
+    points: int,
+    sam_labels: LabelMode,
+    sam_mask: MaskChoice,
+    sam_blend: MaskBlend = "fork",
 ) -> SamRefiner | None:
     """The EfficientSAM refiner of `--encoder esam` (None for the other encoders)."""
     from fusioncam.api import SamRefiner, load_sam

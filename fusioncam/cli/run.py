@@ -25,7 +25,7 @@ from fusioncam.cli.common import progress, stderr, usage_error, warn
 
 if TYPE_CHECKING:
     from fusioncam.inputs import Failure, Pair
-    from fusioncam.runner import Task
+    from fusioncam.runner import Settled, Task
 
 # Words a boolean flag's value would be: `--recursive true` makes "true" the text, which is never what was meant.
 _FLAG_VALUES = frozenset({"true", "false", "yes", "no", "on", "off"})
@@ -68,7 +68,7 @@ def pair_inputs(
                 yield from read_jsonl(stream, str(pairs), pairs.parent, text_key)
         elif image == STDIN and not stdin_image:
             yield from read_jsonl(sys.stdin, "stdin", Path.cwd(), text_key)
-        elif image == STDIN or is_url(image):
+        elif image is not None and (image == STDIN or is_url(image)):
             yield from pairs_from_source(image, texts)
         elif image is not None:
             yield from pairs_from_path(Path(image), texts, recursive)
@@ -112,6 +112,17 @@ class RunResult:
     failures: list[Failure] = field(default_factory=list)
     skipped: int = 0
     interrupted: bool = False
+    disk_full: str | None = None  # why the run stopped early: no space left under --out
+
+
+def _until_disk_full(settled: Iterator[Settled], result: RunResult) -> Iterator[Settled]:
+    """The runner's outcomes until a full disk stops the run (noted in `result`; the summary still tries)."""
+    from fusioncam.outputs import DiskFullError
+
+    try:
+        yield from settled
+    except DiskFullError as error:
+        result.disk_full = str(error)
 
 
 def run_task(
@@ -152,7 +163,7 @@ def run_task(
             stop=interrupted.asked,
             workers=settings.workers,
         )
-        for item in settled:
+        for item in _until_disk_full(settled, result):
             failure = as_failure(item)
             if failure is not None:
                 result.failures.append(failure)
@@ -166,8 +177,13 @@ def run_task(
                 line = failure_record(failure) if failure else item.outcome
                 print(json.dumps(line, ensure_ascii=False), flush=True)
     result.interrupted = interrupted.asked()
+    if result.disk_full is not None:
+        stderr.print(f"[red]error:[/red] {escape(result.disk_full)}")
     if settings.summary is not None:
-        _write_summary(settings.summary, task, result, time.monotonic() - started, settings)
+        try:
+            _write_summary(settings.summary, task, result, time.monotonic() - started, settings)
+        except OSError as error:  # a full disk may not take the summary either; the run's outcome is said above
+            warn(f"cannot write {settings.summary}: {error}")
     if settings.torchrun and settings.shard[0] == 0 and task.out is not None:
         _merge_ranks(task, listed, settings.shard[1], jsonl_now)
     return result
@@ -277,6 +293,7 @@ def _write_summary(path: Path, task: Task, result: RunResult, seconds: float, se
         "skipped": result.skipped,
         "failed": len(result.failures),
         "interrupted": result.interrupted,
+        "disk_full": result.disk_full,
         "failures": [failure_record(failure) for failure in result.failures],
         "options": task.options,
         "shard": list(settings.shard),
@@ -314,6 +331,8 @@ def report_end(result: RunResult, what: str, out: Path | None) -> None:
     skipped = f" ({result.skipped} already done)" if result.skipped else ""
     failed = f", [red]{len(result.failures)} failed[/red]" if result.failures else ""
     stderr.print(f"{len(result.records)} {what}{where}{skipped}{failed}")
+    if result.disk_full is not None:
+        raise typer.Exit(1)
     if result.interrupted:
         command = " ".join(shlex.quote(arg) for arg in ["fusioncam", *sys.argv[1:]] if arg != "--resume")
         stderr.print(f"interrupted; resume with: {escape(command)} --resume")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -31,7 +31,7 @@ def _preset(name: str) -> Preset:
 @app.command("list")
 def weights_list(jsonl: options.Jsonl = False) -> None:
     """Every model preset: what it is, its licence, its size, and whether its files are already here."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, preset in weights_lib.load_registry().items():
         if preset.kind == "image":
             continue  # the demo's example photo is a file of the registry, not a model
@@ -57,7 +57,7 @@ def weights_list(jsonl: options.Jsonl = False) -> None:
     )
 
 
-def _here(row: dict[str, object]) -> str:
+def _here(row: dict[str, Any]) -> str:
     return "yes" if row["cached"] else "partly" if row["partly_cached"] else ""
 
 

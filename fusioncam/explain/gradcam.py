@@ -20,7 +20,8 @@ from fusioncam.text import EmptyTextError, Word
 
 
 class ProbedITM(Protocol):
-    grid_size: tuple[int, int]
+    @property
+    def grid_size(self) -> tuple[int, int]: ...
 
     def itm(
         self,

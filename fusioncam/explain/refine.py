@@ -218,7 +218,7 @@ def blend_mask(heatmap: torch.Tensor, mask: torch.Tensor, alpha: float = 0.5) ->
     constant, which is returned as it is.
     """
     heatmap = heatmap.float()
-    resized = resize_mask_to_grid(mask.float(), tuple(heatmap.shape[-2:]))
+    resized = resize_mask_to_grid(mask.float(), _size(heatmap))
     peak = resized.amax((-2, -1), keepdim=True)
     resized = torch.where(peak > 1.0, resized / 255.0, resized)
     blended = alpha * heatmap + (1 - alpha) * resized
@@ -248,7 +248,7 @@ def shrink_image(pixels: torch.Tensor, max_side: int | None = MAX_PROMPT_SIDE) -
     (always, with `max_side` None)."""
     if max_side is None:
         return pixels
-    size = tuple(pixels.shape[-2:])
+    size = _size(pixels)
     target = fit_size(size, max_side)
     if target == size:
         return pixels
@@ -259,7 +259,7 @@ def shrink_image(pixels: torch.Tensor, max_side: int | None = MAX_PROMPT_SIDE) -
 @torch.no_grad()
 def embed_images(
     sam: EfficientSam,
-    images: torch.Tensor | Sequence[np.ndarray | torch.Tensor],
+    images: torch.Tensor | Sequence[ImageInput],
     max_side: int | None = MAX_PROMPT_SIDE,
 ) -> list[SamImage]:
     """Encode images once for refinement: a [B, 3, H, W] float tensor in [0, 1], or a sequence of HxWx3 uint8 RGB
@@ -274,17 +274,22 @@ def embed_images(
     shrunk = [shrink_image(image, max_side) for image in pixels]
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for index, image in enumerate(shrunk):
-        groups[tuple(image.shape[-2:])].append(index)
-    results: list[SamImage | None] = [None] * len(pixels)
+        groups[_size(image)].append(index)
+    results: dict[int, SamImage] = {}
     for prompt_size, indices in groups.items():
         batch = torch.stack([shrunk[i] for i in indices]).to(parameter.device, parameter.dtype)
         embeddings = sam.embed(batch).embeddings
         for index, embedding in zip(indices, embeddings, strict=True):
-            results[index] = SamImage(embedding, tuple(pixels[index].shape[-2:]), prompt_size)
-    return results
+            results[index] = SamImage(embedding, _size(pixels[index]), prompt_size)
+    return [results[index] for index in range(len(pixels))]
 
 
-def _pixel_list(images: torch.Tensor | Sequence[np.ndarray | torch.Tensor]) -> list[torch.Tensor]:
+def _size(tensor: torch.Tensor) -> tuple[int, int]:
+    """The (H, W) of a [..., H, W] tensor."""
+    return int(tensor.shape[-2]), int(tensor.shape[-1])
+
+
+def _pixel_list(images: torch.Tensor | Sequence[ImageInput]) -> list[torch.Tensor]:
     """Images as a list of float [3, H, W] tensors in [0, 1], with an error naming the first bad one."""
     if isinstance(images, torch.Tensor):
         if images.ndim != 4:
@@ -370,10 +375,12 @@ def refine_heatmaps(
         maps = torch.stack([_check_heatmaps(heatmap, min_dims=2) for heatmap in heatmaps])
     if maps.ndim > 4:
         raise ValueError(f"heatmaps must be [B, h, w] or [B, K, h, w], got {tuple(maps.shape)}")
-    if not isinstance(images, torch.Tensor) and all(isinstance(image, SamImage) for image in images):
-        embedded = list(images)
-    else:
+    if isinstance(images, torch.Tensor):
         embedded = embed_images(sam, images)
+    elif all(isinstance(image, SamImage) for image in images):
+        embedded = [image for image in images if isinstance(image, SamImage)]
+    else:
+        embedded = embed_images(sam, images)  # refuses a SamImage among raw images
     if len(embedded) != len(maps):
         raise ValueError(f"{len(embedded)} images for {len(maps)} heatmaps: pass one heatmap (or one stack) per image")
 
@@ -382,12 +389,12 @@ def refine_heatmaps(
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for index, image in enumerate(embedded):
         groups[image.prompt_size].append(index)
-    results: list[Refined | None] = [None] * len(embedded)
+    by_index: dict[int, Refined] = {}
     for indices in groups.values():
         group = [embedded[i] for i in indices]
         refined = _refine_group(sam, group, maps[indices], num_points, labels, mask_choice, alpha, blend)
-        for index, result in zip(indices, refined, strict=True):
-            results[index] = result
+        by_index.update(zip(indices, refined, strict=True))
+    results = [by_index[index] for index in range(len(embedded))]
     if one_per_image:
         return [Refined(**{field.name: getattr(r, field.name)[0] for field in fields(Refined)}) for r in results]
     return results
