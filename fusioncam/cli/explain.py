@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fusioncam.cli import options
-from fusioncam.cli.common import check_device, check_out_dir, loading, print_table, usage_error
+from fusioncam.cli.common import check_device, check_out_dir, loading, usage_error
 from fusioncam.cli.loaders import check_block, load_matcher, refiner_for, run_info, sam_preset_name
 from fusioncam.cli.run import (
     RunSettings,
@@ -17,7 +17,6 @@ from fusioncam.cli.run import (
     parse_shard,
     report_end,
     run_task,
-    summary_path,
     warn_truncated,
 )
 
@@ -78,7 +77,7 @@ def heatmap(
     check_block(matcher, block)
     refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend)
     run = run_info(matcher, fusion, itm=model, **({"sam": sam_preset_name(sam_model)} if encoder != "blip" else {}))
-    settings = RunSettings(resume, parse_shard(shard), summary_path(out, parse_shard(shard)), workers)
+    settings = RunSettings.for_out(out, resume, shard, workers)
     sam_options = {"points": points, "sam_labels": sam_labels, "sam_mask": sam_mask, "sam_blend": sam_blend}
     results = {"block": block, "encoder": encoder, "per_word": per_word, "alpha": alpha, "colormap": colormap}
     results |= {"save_mask": save_mask, "weights": run["weights"], "precision": run["precision"]}
@@ -87,17 +86,12 @@ def heatmap(
         options=results | (sam_options if encoder == "esam" else {}),
     )  # fmt: skip
     result = run_task(inputs, total, task, batch_size, jsonl, quiet, settings)
-    records = result.records
-    if not jsonl and records:
-        print_table(
-            ["image", "text", "ITM", "ITC", "peak (x, y)", "overlay"],
-            [
-                [r["image"], r["text"], f"{r['itm_score']:.3f}", f"{r['itc_score']:.3f}",
-                 f"{r['peak']['x']}, {r['peak']['y']}", r["outputs"]["overlay"]]
-                for r in records
-            ],
-        )  # fmt: skip
-    report_end(result, "heatmap(s)", out)
+    columns = {
+        "image": lambda r: r["image"], "text": lambda r: r["text"], "ITM": lambda r: f"{r['itm_score']:.3f}",
+        "ITC": lambda r: f"{r['itc_score']:.3f}", "peak (x, y)": lambda r: f"{r['peak']['x']}, {r['peak']['y']}",
+        "overlay": lambda r: r["outputs"]["overlay"],
+    }  # fmt: skip
+    report_end(result, "heatmap(s)", out, None if jsonl else columns)
 
 
 def segment(
@@ -139,22 +133,17 @@ def segment(
     refiner = refiner_for("esam", sam_model, device, points, sam_labels, sam_mask)
     assert refiner is not None
     run = run_info(matcher, None, itm=model, sam=sam_preset_name(sam_model))
-    settings = RunSettings(resume, parse_shard(shard), summary_path(out, parse_shard(shard)), workers)
+    settings = RunSettings.for_out(out, resume, shard, workers)
     results = {"block": block, "points": points, "sam_labels": sam_labels, "sam_mask": sam_mask}
     results |= {"weights": run["weights"], "precision": run["precision"]}
     task = SegmentTask(matcher, refiner, out, block, run, on_truncated=warn_truncated, options=results)
     result = run_task(inputs, total, task, batch_size, jsonl, quiet, settings)
-    records = result.records
-    if not jsonl and records:
-        print_table(
-            ["image", "text", "ITM", "mask area", "SAM IoU", "mask"],
-            [
-                [r["image"], r["text"], f"{r['itm_score']:.3f}", f"{r['sam']['mask_area']:.1%}",
-                 f"{r['sam']['mask_iou']:.3f}", r["outputs"]["mask"]]
-                for r in records
-            ],
-        )  # fmt: skip
-    report_end(result, "mask(s)", out)
+    columns = {
+        "image": lambda r: r["image"], "text": lambda r: r["text"], "ITM": lambda r: f"{r['itm_score']:.3f}",
+        "mask area": lambda r: f"{r['sam']['mask_area']:.1%}", "SAM IoU": lambda r: f"{r['sam']['mask_iou']:.3f}",
+        "mask": lambda r: r["outputs"]["mask"],
+    }  # fmt: skip
+    report_end(result, "mask(s)", out, None if jsonl else columns)
 
 
 def vqa(
@@ -249,18 +238,16 @@ def vqa(
     models = {"itm": matcher.name, "caption": captioner.name, "qa": answerer.name, "encoder": encoder}
     sam = {"sam": sam_preset_name(sam_model)} if encoder != "blip" else {}
     run = run_info(matcher, fusion, itm=model, caption=caption_model, qa=qa_model, **sam)
-    settings = RunSettings(resume, parse_shard(shard), summary_path(out, parse_shard(shard)), workers)
+    settings = RunSettings.for_out(out, resume, shard, workers)
     results = asdict(config) | {"encoder": encoder, "seed": seed, "alpha": alpha, "colormap": colormap}
     results |= {"weights": run["weights"], "precision": run["precision"], "batch_size": batch_size}
     task = VQATask(pipeline, out, models, torch.Generator().manual_seed(seed), alpha, colormap, run, options=results)
     result = run_task(inputs, total, task, batch_size, jsonl, quiet, settings)
-    records = result.records
-    if not jsonl and records:
-        print_table(
-            ["image", "question", "answer", "answer map"],
-            [[r["image"], r["question"], r["answer"], r["outputs"].get("answer_overlay", "")] for r in records],
-        )
-    report_end(result, "answer(s)", out)
+    columns = {
+        "image": lambda r: r["image"], "question": lambda r: r["question"], "answer": lambda r: r["answer"],
+        "answer map": lambda r: r["outputs"].get("answer_overlay", ""),
+    }  # fmt: skip
+    report_end(result, "answer(s)", out, None if jsonl else columns)
 
 
 def score(
@@ -293,15 +280,11 @@ def score(
     matcher = load_matcher(model, device)
     run = run_info(matcher, None, itm=model)
     task = ScoreTask(matcher, run, on_truncated=warn_truncated, options={"weights": run["weights"]})
-    result = run_task(
-        inputs, total, task, batch_size, jsonl, quiet, RunSettings(shard=parse_shard(shard), workers=workers)
-    )
-    records = result.records
-    if not jsonl and records:
-        ranked = sorted(records, key=lambda r: (r["image"], -r["itm_score"]))
-        print_table(
-            ["image", "text", "ITM match", "ITC similarity"],
-            [[r["image"], r["text"], f"{r['itm_score']:.4f}", f"{r['itc_score']:.4f}"] for r in ranked],
-            title=matcher.name,
-        )
-    report_end(result, "pair(s) scored", None)
+    settings = RunSettings(shard=parse_shard(shard), workers=workers)
+    result = run_task(inputs, total, task, batch_size, jsonl, quiet, settings)
+    result.records.sort(key=lambda r: (r["image"], -r["itm_score"]))  # each image's best match first
+    columns = {
+        "image": lambda r: r["image"], "text": lambda r: r["text"], "ITM match": lambda r: f"{r['itm_score']:.4f}",
+        "ITC similarity": lambda r: f"{r['itc_score']:.4f}",
+    }  # fmt: skip
+    report_end(result, "pair(s) scored", None, None if jsonl else columns)

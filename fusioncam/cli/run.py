@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.markup import escape
 
-from fusioncam.cli.common import progress, stderr, usage_error, warn
+from fusioncam.cli.common import print_table, progress, stderr, usage_error, warn
 
 if TYPE_CHECKING:
     from fusioncam.inputs import Failure, Pair
@@ -99,6 +99,12 @@ class RunSettings:
     shard: tuple[int, int] = (0, 1)
     summary: Path | None = None  # summary.json (or its shard's) under --out; None: no summary (score)
     workers: int = 2
+
+    @classmethod
+    def for_out(cls, out: Path, resume: bool, shard: str | None, workers: int) -> RunSettings:
+        """The settings of a command that writes under `out`: its share, and the summary of that share there."""
+        share = parse_shard(shard)
+        return cls(resume, share, summary_path(out, share), workers)
 
     @property
     def torchrun(self) -> bool:
@@ -325,8 +331,13 @@ def summary_path(out: Path, shard: tuple[int, int]) -> Path:
     return out / ("summary.json" if n == 1 else f"summary.shard-{k}-of-{n}.json")
 
 
-def report_end(result: RunResult, what: str, out: Path | None) -> None:
-    """The closing line on stderr and the exit code: 0 done, 1 some failed, 130 interrupted (with how to resume)."""
+def report_end(
+    result: RunResult, what: str, out: Path | None, columns: dict[str, Callable[[dict], str]] | None = None
+) -> None:
+    """The results as a table on stdout (`columns`: header → cell of a record; None: no table, e.g. with --jsonl),
+    the closing line on stderr and the exit code: 0 done, 1 some failed, 130 interrupted (with how to resume)."""
+    if columns is not None and result.records:
+        print_table(list(columns), [[cell(record) for cell in columns.values()] for record in result.records])
     where = f" written to {out}" if out is not None else ""
     skipped = f" ({result.skipped} already done)" if result.skipped else ""
     failed = f", [red]{len(result.failures)} failed[/red]" if result.failures else ""
