@@ -3,12 +3,16 @@
 Pairs come from one image file, a folder of images (optionally recursive), an image URL, the bytes of one image on
 stdin, or JSONL records `{"image": ..., "text": ...}` from a file or stdin (an image there may be a URL too). Bad
 records do not stop a run: they become `Failure`s, reported with their reason while every other pair is processed.
+
+Names shown to people and written into records are valid Unicode (see `printable`), whatever bytes a file name
+holds; the real path is kept for reading.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import unicodedata
@@ -19,11 +23,13 @@ from itertools import islice
 from pathlib import Path
 from typing import TextIO
 
-from fusioncam.images import STDIN, is_url
+from fusioncam.images import STDIN, is_url, printable
 
 ImageRef = Path | str  # an image file, an http(s) URL, or STDIN (the bytes of one image on standard input)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"})
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,10 +59,10 @@ class Failure:
 
 def image_label(image: Path | str) -> str:
     """How a record names its image, the same whatever the input source: a file's absolute path, a URL as given,
-    or "stdin"."""
+    or "stdin"; always valid Unicode (see `printable`)."""
     if image == STDIN:
         return "stdin"
-    return image if is_url(image) else os.path.abspath(image)
+    return printable(str(image) if is_url(image) else os.path.abspath(image))
 
 
 _NOT_A_LETTER = re.compile(r"[\W_]+")  # keeps letters and digits of every script
@@ -64,7 +70,7 @@ _MAX_PART_BYTES = 96  # image part and text part of a file name: with suffixes, 
 
 
 def _digest(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
 
 
 def _shorten(name: str, original: str, limit: int = _MAX_PART_BYTES) -> str:
@@ -88,23 +94,46 @@ def slug(text: str) -> str:
     return _shorten(readable or "text", text)
 
 
-def _image_part(name: str) -> str:
-    """An image file's name as the first part of its outputs' names (the suffix kept: a.jpg and a.png differ)."""
-    return name if len(name.encode("utf-8", "surrogateescape")) <= _MAX_PART_BYTES else _shorten(name, name)
+def _name_part(name: str, limit: int = _MAX_PART_BYTES) -> str:
+    """A file or folder name as part of an output path: an image's name keeps its suffix (a.jpg and a.png differ).
+
+    A name longer than `limit` bytes, or one holding bytes that are not UTF-8 or a NUL (a URL's `%00`, which no
+    file name may hold), is shortened or spelled printably and marked with a hash of the real name, so that the
+    records naming the outputs are valid JSON and two such names still get outputs of their own.
+    """
+    shown = printable(name).replace("\0", "\\x00")
+    if shown == name and len(name.encode("utf-8")) <= limit:
+        return name
+    return _shorten(shown, name, limit)
 
 
 def _stem(image: Path, text: str, relative_to: Path | None) -> Path:
     relative = image.relative_to(relative_to) if relative_to else Path(image.name)
-    return relative.parent / f"{_image_part(relative.name)}__{slug(text)}"
+    folders = [_name_part(part, limit=255) for part in relative.parent.parts]
+    return Path(*folders, f"{_name_part(relative.name)}__{slug(text)}")
 
 
 def folder_images(folder: Path, recursive: bool) -> list[Path]:
-    """Image files of a folder in a stable order (hidden files skipped)."""
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
-        path
-        for path in candidates
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """Images of a folder in a stable order (hidden files skipped).
+
+    Every entry named like an image is one, even if it cannot be read (a broken link, a link loop, a pipe): it
+    fails with its reason rather than going missing without a word. Links to folders are not followed, so that a
+    link back up the tree cannot loop the walk forever.
+    """
+    if recursive:
+        entries = [Path(root, name) for root, _, files in os.walk(folder) for name in files]
+    else:
+        entries = [path for path in folder.iterdir() if not path.is_dir()]
+    return sorted(path for path in entries if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."))
+
+
+def _text_failure(origin: str, image: ImageRef, text: str) -> Failure | None:
+    """Text from a command line holding bytes that are not UTF-8 (the terminal's encoding is another one) cannot
+    be tokenized as meant nor written into a record."""
+    if printable(text) == text:
+        return None
+    return Failure(
+        origin, "the text is not valid UTF-8 (is the terminal set to UTF-8?)", image_label(image), printable(text)
     )
 
 
@@ -112,34 +141,55 @@ def _url_name(url: str) -> str:
     return Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name or "image"
 
 
-def pairs_from_source(source: str, texts: list[str]) -> Iterator[Pair]:
+def pairs_from_source(source: str, texts: list[str]) -> Iterator[Pair | Failure]:
     """Every text against an image that is not a file: a URL, or STDIN."""
     name = "stdin" if source == STDIN else _url_name(source)
+    origin = "stdin" if source == STDIN else printable(source)
     for text in texts:
-        yield Pair(source, text, source if source != STDIN else "stdin", Path(f"{_image_part(name)}__{slug(text)}"))
+        yield _text_failure(origin, source, text) or Pair(
+            source, text, origin, Path(f"{_name_part(name)}__{slug(text)}")
+        )
 
 
-def pairs_from_path(image: Path, texts: list[str], recursive: bool = False) -> Iterator[Pair]:
+def pairs_from_path(image: Path, texts: list[str], recursive: bool = False) -> Iterator[Pair | Failure]:
     """Every text against one image, or against every image of a folder."""
-    if image.is_dir():
-        for path in folder_images(image, recursive):
-            for text in texts:
-                yield Pair(path, text, str(path), _stem(path, text, image))
-    else:
+    folder = image if image.is_dir() else None
+    for path in folder_images(image, recursive) if folder else [image]:
+        origin = printable(str(path))
         for text in texts:
-            yield Pair(image, text, str(image), _stem(image, text, None))
+            yield _text_failure(origin, path, text) or Pair(path, text, origin, _stem(path, text, folder))
 
 
-def pairs_from_jsonl(lines: Iterable[str], name: str, base: Path, text_key: str = "text") -> Iterator[Pair | Failure]:
-    """Records `{"image": path, text_key: ...}`; relative image paths are relative to `base`."""
+def pairs_from_jsonl(
+    lines: Iterable[str | bytes], name: str, base: Path, text_key: str = "text"
+) -> Iterator[Pair | Failure]:
+    """Records `{"image": path, text_key: ...}`; relative image paths are relative to `base`.
+
+    Lines may be bytes (a stream read raw), so that a line that is not UTF-8 fails alone, with its number, instead
+    of ending the run. A byte-order mark before the first record (some Windows tools write one) is skipped.
+    """
     for number, line in enumerate(lines, start=1):
+        origin = f"{printable(name)}:{number}"
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield Failure(origin, f"not UTF-8: byte 0x{line[error.start]:02x} at byte {error.start + 1}")
+                continue
+        if number == 1:
+            line = line.removeprefix("\ufeff")
+        line = line.rstrip("\r\n")  # so that an error at the end of the line is reported on it, not the next
         if not line.strip():
             continue
-        origin = f"{name}:{number}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             yield Failure(origin, f"not JSON: {error.msg} at column {error.colno}")
+            continue
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            yield Failure(origin, "not valid Unicode: a \\u escape stands for half a character (a lone surrogate)")
             continue
         if not isinstance(record, dict):
             yield Failure(origin, f"expected a JSON object, got {type(record).__name__}")
@@ -154,12 +204,31 @@ def pairs_from_jsonl(lines: Iterable[str], name: str, base: Path, text_key: str 
         source: Path | str = image if is_url(image) else Path(image) if Path(image).is_absolute() else base / image
         file_name = _url_name(image) if is_url(image) else Path(image).name
         extra = {key: value for key, value in record.items() if key not in ("image", text_key)}
-        yield Pair(source, text, origin, Path(f"{number:06d}-{_image_part(file_name)}__{slug(text)}"), extra)
+        yield Pair(source, text, origin, Path(f"{number:06d}-{_name_part(file_name)}__{slug(text)}"), extra)
 
 
 def read_jsonl(stream: TextIO, name: str, base: Path, text_key: str = "text") -> Iterator[Pair | Failure]:
-    """Stream records as they arrive (a pipeline's upstream may still be writing)."""
-    return pairs_from_jsonl(iter(stream.readline, ""), name, base, text_key)
+    """Stream records as they arrive (a pipeline's upstream may still be writing); as bytes where the stream has
+    them (see `pairs_from_jsonl`).
+
+    Fields besides the image and the text are copied to each result's `input`, to join results back to their
+    inputs, and not used otherwise; once the stream ends, one warning lists them, in case one was meant to change
+    the results.
+    """
+    raw = getattr(stream, "buffer", None)
+    lines: Iterator[str | bytes] = iter(raw.readline, b"") if raw is not None else iter(stream.readline, "")
+    copied: set[str] = set()
+    for item in pairs_from_jsonl(lines, name, base, text_key):
+        if isinstance(item, Pair):
+            copied.update(item.extra)
+        yield item
+    if copied:
+        log.warning(
+            '%s: fields other than "image" and "%s" are not used, only copied to each result\'s "input": %s',
+            printable(name),
+            text_key,
+            ", ".join(sorted(copied)),
+        )
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:

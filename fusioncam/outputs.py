@@ -6,6 +6,7 @@ arrays here, at the edge where they become files.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Iterator
@@ -45,14 +46,39 @@ _SUFFIXES: dict[str, dict[str, str]] = {
 TEMPORARY_PREFIX = ".partial-"  # files being written; a run killed mid-write leaves these, never a half file
 
 
+class DiskFullError(OSError):
+    """No space left on the disk under --out, or the quota spent: every later pair would fail the same way, so the
+    run stops at once (the runner lets this through) instead of failing each remaining pair after its model work."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        what = "disk quota exceeded" if error.errno == errno.EDQUOT else "disk full"
+        super().__init__(
+            error.errno, f"{what}: cannot write {path}; free space and run again (--resume skips what is done)"
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@contextmanager
+def _stop_when_full(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(path, error) from error
+        raise
+
+
 @contextmanager
 def _atomically(path: Path) -> Iterator[Path]:
     """A temporary name beside `path` to write to, renamed onto `path` once written: a file under its real name is
     always whole, whenever the run is killed."""
     temporary = path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{path.name}")
     try:
-        yield temporary
-        os.replace(temporary, path)
+        with _stop_when_full(path):
+            yield temporary
+            os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -74,7 +100,8 @@ def record_path(out_dir: Path, pair: Pair, command: str) -> Path:
 
 def _paths(out_dir: Path, pair: Pair, command: str, *kinds: str) -> dict[str, Path]:
     base = out_dir / pair.stem
-    base.parent.mkdir(parents=True, exist_ok=True)
+    with _stop_when_full(base.parent):
+        base.parent.mkdir(parents=True, exist_ok=True)
     return {kind: base.with_name(base.name + _SUFFIXES[command][kind]) for kind in kinds}
 
 

@@ -1,8 +1,17 @@
-"""Decoding (colour modes, EXIF, broken files) and preprocessing against the Pillow pipeline LAVIS runs."""
+"""Decoding (colour modes, EXIF, formats, broken and unreadable files, the pixel limit, codecs kept quiet) and
+preprocessing against the Pillow pipeline LAVIS runs."""
 
 from __future__ import annotations
 
 import io
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
 from pathlib import Path
 
 import cv2
@@ -15,11 +24,14 @@ from PIL import Image
 from fusioncam.images import (
     BLIP_MEAN,
     BLIP_STD,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    MAX_IMAGE_PIXELS_ENV,
     ImageDecodeError,
     ImageTransform,
     blip_transform,
     decode_image,
     load_image,
+    max_image_pixels,
 )
 
 PILLOW_13 = int(PIL.__version__.split(".")[0]) >= 13
@@ -252,3 +264,235 @@ def test_decode_image_names_its_source_in_errors() -> None:
         decode_image(b"GIF? no")
     with pytest.raises(ImageDecodeError, match="upload 7"):
         decode_image(b"", name="upload 7")
+
+
+def test_unreadable_entries_say_why(tmp_path: Path) -> None:
+    """Broken links, link loops, pipes nobody writes to and special files fail at once, each with its reason."""
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "socket.jpg"))
+    expected = {
+        tmp_path / "gone.jpg": "broken symbolic link .*nowhere.jpg does not exist",
+        tmp_path / "loop.jpg": "symbolic link loop",
+        tmp_path / "pipe.jpg": r"a named pipe \(FIFO\) that nothing was written to",
+        tmp_path / "socket.jpg": "not a file but a socket",
+        Path("/dev/null"): "not a file but a character device",
+        tmp_path / "nul\0.jpg": "not a valid file name",
+    }
+    with server:
+        for path, reason in expected.items():
+            with pytest.raises(ImageDecodeError, match=reason):
+                load_image(path)
+
+
+def test_a_pipe_is_read_to_its_end_while_its_writer_writes(tmp_path: Path) -> None:
+    """`fusioncam heatmap <(curl …) "a dog"`: the image arrives through a pipe, maybe after the read began."""
+    image = noise(10, 12)
+    data = encode(Image.fromarray(image))
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)
+    keep_open = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # lets the writer open without waiting for a reader
+    writer = os.open(pipe, os.O_WRONLY)
+
+    def write_later() -> None:
+        time.sleep(0.2)
+        os.write(writer, data)
+        os.close(writer)
+
+    thread = threading.Thread(target=write_later)
+    thread.start()
+    try:
+        np.testing.assert_array_equal(load_image(pipe), image)
+    finally:
+        thread.join()
+        os.close(keep_open)
+
+
+def test_a_name_that_is_not_utf8_is_shown_printably(tmp_path: Path) -> None:
+    path = tmp_path / os.fsdecode(b"caf\xe9.jpg")
+    path.write_bytes(b"not an image")
+    with pytest.raises(ImageDecodeError, match="not an image") as caught:
+        load_image(path)
+    assert "caf\\xe9.jpg" in str(caught.value)
+    str(caught.value).encode("utf-8")  # valid Unicode: a JSON record and a UTF-8 stderr can hold it
+
+
+def noisy_files() -> dict[str, bytes]:
+    """Files on which OpenCV's codecs write to stderr (measured): libjpeg prints "Corrupt JPEG data" itself,
+    OpenCV logs libtiff's errors and its own "imdecode_" errors. `spliced.jpg` decodes (grey where data is
+    missing: its end marker survived the cut), the others fail."""
+    rng = np.random.default_rng(5)
+    picture = Image.fromarray(noise(64, 80, seed=5))
+    jpeg, png, gif, tiff = (encode(picture, fmt) for fmt in ("JPEG", "PNG", "GIF", "TIFF"))
+    return {
+        "garbled.jpg": jpeg[:30] + rng.integers(0, 256, len(jpeg) - 30, dtype=np.uint8).tobytes(),
+        "spliced.jpg": jpeg[: len(jpeg) // 2] + b"\xff\xd9",
+        "garbled.png": png[:30] + rng.integers(0, 256, len(png) - 30, dtype=np.uint8).tobytes(),
+        "truncated.gif": gif[: len(gif) // 2],
+        "truncated.tif": tiff[: len(tiff) // 2],
+    }
+
+
+DECODE_EACH = """
+import sys, threading
+from pathlib import Path
+import cv2, numpy as np
+from fusioncam.images import ImageDecodeError, decode_image
+files = sorted(Path(sys.argv[2]).iterdir())
+if sys.argv[1] == "opencv":
+    for path in files:
+        cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+    sys.exit()
+for path in files:
+    try:
+        decode_image(path.read_bytes(), path.name)
+        print(path.name, "decoded")
+    except ImageDecodeError as error:
+        print(error)
+
+def decode_again():
+    for _ in range(50):
+        for path in files:
+            try:
+                decode_image(path.read_bytes(), path.name)
+            except ImageDecodeError:
+                pass
+
+decoder = threading.Thread(target=decode_again)
+decoder.start()
+printed = 0
+while decoder.is_alive():
+    print("line", printed, file=sys.stderr, flush=True)
+    printed += 1
+decoder.join()
+print(printed, "lines", file=sys.stderr)
+"""
+
+
+def test_codec_complaints_stay_off_stderr(tmp_path: Path) -> None:
+    """In a process of its own: the codecs write to file descriptor 2, which pytest's capture cannot see. What
+    another thread prints while images decode (the runner decodes in threads) must all arrive."""
+    for name, data in noisy_files().items():
+        (tmp_path / name).write_bytes(data)
+
+    def decode_each(how: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-c", DECODE_EACH, how, str(tmp_path)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+
+    raw = decode_each("opencv").stderr  # the control: these files do make noise
+    assert "Corrupt JPEG data" in raw and "TIFF" in raw and "imdecode_" in raw
+    ours = decode_each("fusioncam")
+    *lines, total = ours.stderr.splitlines()
+    printed = int(total.removesuffix(" lines"))
+    assert printed > 0 and lines == [f"line {number}" for number in range(printed)]
+    decoded = ours.stdout.splitlines()
+    assert len(decoded) == len(noisy_files()) and "spliced.jpg decoded" in decoded
+    assert sum(line.startswith("cannot read image") for line in decoded) == len(decoded) - 1
+
+
+def sized(fmt: str, width: int = 37, height: int = 23, mode: str = "RGB", **options: object) -> bytes:
+    return encode(Image.fromarray(noise(height, width)).convert(mode), fmt, **options)
+
+
+def exif_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "a camera maker, padding the APP1 segment before the frame header" * 8
+    return sized("JPEG", exif=exif.tobytes())
+
+
+def two_page_tiff() -> bytes:
+    first, second = Image.fromarray(noise(23, 37)), Image.fromarray(noise(50, 60))
+    return encode(first, "TIFF", save_all=True, append_images=[second])
+
+
+# A 37x23 image in each format whose header the pixel limit reads.
+SIZED = {
+    "png": lambda: sized("PNG"),
+    "jpeg": lambda: sized("JPEG"),
+    "jpeg-with-exif": exif_jpeg,
+    "gif": lambda: sized("GIF"),
+    "bmp": lambda: sized("BMP"),
+    "webp-lossy": lambda: sized("WEBP"),
+    "webp-lossless": lambda: sized("WEBP", lossless=True),
+    "webp-extended": lambda: sized("WEBP", mode="RGBA"),
+    "tiff": lambda: sized("TIFF"),
+    "tiff-two-pages": two_page_tiff,
+    "ppm": lambda: sized("PPM"),
+    "pgm": lambda: sized("PPM", mode="L"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SIZED))
+def test_the_pixel_limit_reads_each_formats_header(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = SIZED[kind]()
+    monkeypatch.setenv(MAX_IMAGE_PIXELS_ENV, str(37 * 23))
+    assert decode_image(data).shape == (23, 37, 3)
+    monkeypatch.setenv(MAX_IMAGE_PIXELS_ENV, str(37 * 23 - 1))
+    with pytest.raises(ImageDecodeError, match="header announces 37x23 = 851 pixels, more than the limit of 850"):
+        decode_image(data)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header announces width x height (its CRC fixed): what a decompression bomb looks like."""
+    data = bytearray(sized("PNG", 4, 4))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    bomb = png_claiming(100_000, 100_000)
+    monkeypatch.delenv(MAX_IMAGE_PIXELS_ENV, raising=False)
+    pattern = r"100000x100000 = 10,000,000,000 pixels, more than the limit of 268,435,456 .*decompression bomb"
+    with pytest.raises(ImageDecodeError, match=pattern) as caught:
+        decode_image(bomb, "bomb.png")
+    assert f"{MAX_IMAGE_PIXELS_ENV}=10000000000" in str(caught.value)
+    assert max_image_pixels() == DEFAULT_MAX_IMAGE_PIXELS
+    # Raised past OpenCV's own limit, OpenCV refuses, and the message says what else to raise.
+    monkeypatch.setenv(MAX_IMAGE_PIXELS_ENV, "10000000000")
+    with pytest.raises(ImageDecodeError, match="OpenCV refuses images of more than 1,073,741,824 pixels"):
+        decode_image(bomb, "bomb.png")
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-5", "1e9"])
+def test_a_pixel_limit_that_is_no_number_is_named(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(MAX_IMAGE_PIXELS_ENV, value)
+    with pytest.raises(ValueError, match=f"{MAX_IMAGE_PIXELS_ENV} must be a positive whole number.*{value}"):
+        max_image_pixels()
+
+
+def test_cmyk_jpeg_is_converted_like_pillow() -> None:
+    data = encode(Image.fromarray(noise(24, 32)).convert("CMYK"), "JPEG", quality=95)
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+    assert np.abs(decode_image(data).astype(int) - expected).max() <= 2
+
+
+def test_an_animated_gif_gives_its_first_frame() -> None:
+    red, blue = (Image.new("RGB", (30, 20), colour) for colour in ("red", "blue"))
+    data = encode(red, "GIF", save_all=True, append_images=[blue], duration=100, loop=0)
+    decoded = decode_image(data)
+    assert decoded.shape == (20, 30, 3)
+    assert (decoded == (255, 0, 0)).all()
+
+
+def test_a_multi_page_tiff_gives_its_first_page() -> None:
+    first = noise(23, 37)
+    data = encode(Image.fromarray(first), "TIFF", save_all=True, append_images=[Image.fromarray(noise(50, 60))])
+    np.testing.assert_array_equal(decode_image(data), first)
+
+
+def test_lossless_webp_round_trips() -> None:
+    image = noise(20, 30)
+    np.testing.assert_array_equal(decode_image(encode(Image.fromarray(image), "WEBP", lossless=True)), image)
+
+
+def test_a_one_pixel_image_goes_through_the_blip_transform() -> None:
+    pixel = np.array([[[200, 100, 50]]], np.uint8)
+    decoded = decode_image(encode(Image.fromarray(pixel)))
+    np.testing.assert_array_equal(decoded, pixel)
+    batch = blip_transform()([decoded])
+    assert batch.shape == (1, 3, 384, 384)
+    expected = (torch.tensor([200, 100, 50]) / 255 - torch.tensor(BLIP_MEAN)) / torch.tensor(BLIP_STD)
+    torch.testing.assert_close(batch[0], expected.view(3, 1, 1).expand(3, 384, 384), rtol=0, atol=ONE_LEVEL)

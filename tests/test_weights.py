@@ -35,6 +35,7 @@ from fusioncam.weights import (
     pull,
     require_files,
     resolve_file,
+    show_downloads,
     verify,
 )
 
@@ -237,6 +238,7 @@ def test_first_download_records_the_digest_and_verify_uses_it(
 ) -> None:
     write_registry(tmp_path, monkeypatch, f'url = "{server.url}/model.bin"\nsha256 = ""')
 
+    show_downloads(None)  # as a library user has it (a CLI run in this process may have set the CLI's bars)
     with caplog.at_level("INFO", logger="fusioncam.weights"):
         path = resolve_file("tiny", "checkpoint")  # the library logs; the CLI shows it
 

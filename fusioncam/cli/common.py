@@ -129,7 +129,6 @@ def report_library_messages() -> None:
     if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
         logger.addHandler(_StderrHandler())
         logger.setLevel(logging.INFO)
-        logger.propagate = False
     weights.show_downloads(_download_bar)
 
 
