@@ -263,3 +263,12 @@ def test_help_texts_keep_brackets_and_name_the_options() -> None:
     assert '{"image", "question"}' in " ".join(vqa.stdout.split())
     train = run("train", "--what", "fusion", "--sam-model", "vitt", "--data", "x", "--out", "o", "--from-scratch")
     assert train.exit_code == 2 and "--from-scratch" in train.stderr and "from_scratch" not in train.stderr
+
+
+def test_max_image_pixels_refuses_larger_images_by_their_header(
+    itm: list[str], dogs_jpg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FUSIONCAM_MAX_IMAGE_PIXELS", raising=False)  # the option sets it: undone after the test
+    result = run("score", dogs_jpg, "a dog", "--max-image-pixels", "1000", *itm[:2])
+    assert result.exit_code == 1 and "more than the limit of 1,000" in result.stderr
+    assert run("score", dogs_jpg, "a dog", "--max-image-pixels", "100000000", *itm[:2]).exit_code == 0

@@ -16,6 +16,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from fusioncam.inputs import Pair, pairs_from_jsonl, pairs_from_path, slug
+from fusioncam.runner import pair_id
 from fusioncam.text import clean_caption
 
 PUNCTUATION = set('.!"()*#:;~')
@@ -124,3 +125,20 @@ def test_stems_of_jsonl_records_are_safe_and_distinct(records: list[tuple[str, s
         assert_safe(pair.stem, Path("/out"))
         assert len(pair.stem.parts) == 1
     assert len({pair.stem for pair in pairs}) == len(pairs)
+
+
+options = st.dictionaries(st.text(max_size=8), st.one_of(st.integers(), st.text(max_size=8), st.booleans()), max_size=4)
+
+
+@settings(max_examples=200)
+@given(name=short_names, text=texts, settings_a=options, settings_b=options, other_text=texts)
+def test_pair_ids_are_stable_and_tell_inputs_and_options_apart(
+    name: str, text: str, settings_a: dict, settings_b: dict, other_text: str
+) -> None:
+    pair = Pair(Path("/photos") / name, text, "test", Path("x"))
+    same = Pair(Path("/photos") / name, text, "elsewhere", Path("y"))  # origin and output name are not the input
+    assert pair_id(pair, settings_a) == pair_id(same, dict(reversed(list(settings_a.items()))))
+    if settings_a != settings_b:
+        assert pair_id(pair, settings_a) != pair_id(pair, settings_b)
+    if other_text != text:
+        assert pair_id(pair, settings_a) != pair_id(Pair(pair.image, other_text, "test", Path("x")), settings_a)

@@ -53,6 +53,7 @@ def heatmap(
     resume: options.Resume = False,
     shard: options.Shard = None,
     workers: options.Workers = 2,
+    max_image_pixels: options.MaxImagePixels = None,
 ) -> None:
     """Grad-CAM heatmap of TEXT over IMAGE: overlay PNG, raw .npy map and a JSON record per pair.
 
@@ -115,6 +116,7 @@ def segment(
     resume: options.Resume = False,
     shard: options.Shard = None,
     workers: options.Workers = 2,
+    max_image_pixels: options.MaxImagePixels = None,
 ) -> None:
     """Text-prompted object mask: BLIP heatmap of TEXT → peaks → EfficientSAM mask of the object.
 
@@ -190,6 +192,7 @@ def vqa(
     resume: options.Resume = False,
     shard: options.Shard = None,
     workers: options.Workers = 2,
+    max_image_pixels: options.MaxImagePixels = None,
 ) -> None:
     """Answer QUESTION about IMAGE the PNP-VQA way, and show where the answer came from.
 
@@ -264,6 +267,7 @@ def score(
     quiet: options.Quiet = False,
     shard: options.Shard = None,
     workers: options.Workers = 2,
+    max_image_pixels: options.MaxImagePixels = None,
 ) -> None:
     """ITM match probability and ITC similarity of each TEXT with IMAGE (a file, a folder, or JSONL on stdin).
 

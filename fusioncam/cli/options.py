@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -106,5 +107,24 @@ Workers = Annotated[
     typer.Option(
         min=0,
         help="Threads reading and decoding images ahead of the model (up to two batches ahead; 0: in turn with it).",
+    ),
+]
+
+
+def _max_image_pixels(value: int | None) -> int | None:
+    """`--max-image-pixels` is the library's `$FUSIONCAM_MAX_IMAGE_PIXELS` for this run."""
+    if value is not None:
+        os.environ["FUSIONCAM_MAX_IMAGE_PIXELS"] = str(value)
+    return value
+
+
+MaxImagePixels = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        callback=_max_image_pixels,
+        help="Refuse images whose header announces more pixels than this (default 268435456 = 16384²): a small "
+        "file can claim a huge image, a decompression bomb.",
+        show_default=False,
     ),
 ]
