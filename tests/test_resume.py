@@ -7,6 +7,7 @@ Real processes (`python -m fusioncam.cli`) on the tiny random-weight preset of `
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -171,6 +172,56 @@ def test_torchrun_ranks_share_the_run_and_rank_0_merges_it(preset: Path, photos:
     merged = [json.loads(line) for line in ranks.stdout.splitlines() if line.startswith("{")]
     alone = [json.loads(line) for line in single.stdout.splitlines()]
     assert [(r["image"], r["text"], r["id"]) for r in merged] == [(r["image"], r["text"], r["id"]) for r in alone]
+    for part in out.glob("summary.shard-*.json"):
+        part.unlink()
+    assert_same_outputs(out, reference)
+
+
+def _children(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc: Linux only, as torchrun's elastic agent is here)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [child for child, of in parents.items() if of == parent]
+        found += kids
+        frontier += kids
+    return found
+
+
+def _rank_of(pid: int) -> str | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    ranks = [entry[5:].decode() for entry in environ if entry.startswith(b"RANK=")]
+    return ranks[0] if ranks and b"fusioncam.cli" in cmdline else None
+
+
+def test_a_rank_killed_under_torchrun_is_restarted_and_resumes(preset: Path, photos: Path, tmp_path: Path) -> None:
+    reference = tmp_path / "whole"
+    subprocess.run(command(preset, photos, reference), check=True, capture_output=True)
+    out = tmp_path / "restarted"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0"]
+    launcher += ["--max-restarts", "1", "--monitor-interval", "0.2"]
+    process = subprocess.Popen(
+        [*launcher, *command(preset, photos, out)[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    wait_for_records(out, 6, process)
+    victim = next(pid for pid in _children(process.pid) if _rank_of(pid) == "1")
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped"] >= 6  # the restarted ranks did not redo what was done before the kill
+    assert summary["done"] + summary["skipped"] == IMAGES * len(TEXTS) and summary["failed"] == 0
     for part in out.glob("summary.shard-*.json"):
         part.unlink()
     assert_same_outputs(out, reference)
