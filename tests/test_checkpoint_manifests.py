@@ -25,10 +25,41 @@ MANIFESTS = {
     "hf_blip_itm_large_coco.json": ("large", "hf"),
 }
 
+# The text tower and the heads have the same keys in both layouts.
+TEXT_AND_HEADS = {
+    "text_encoder.embeddings.word_embeddings.weight": "text_encoder.embeddings.word_embeddings.weight",
+    "text_encoder.embeddings.position_embeddings.weight": "text_encoder.embeddings.position_embeddings.weight",
+    "text_encoder.embeddings.LayerNorm.weight": "text_encoder.embeddings.norm.weight",
+    "text_encoder.embeddings.LayerNorm.bias": "text_encoder.embeddings.norm.bias",
+    "text_encoder.encoder.layer.0.attention.self.query.weight": "text_encoder.layers.0.self_attn.query.weight",
+    "text_encoder.encoder.layer.0.attention.self.key.bias": "text_encoder.layers.0.self_attn.key.bias",
+    "text_encoder.encoder.layer.1.attention.self.value.weight": "text_encoder.layers.1.self_attn.value.weight",
+    "text_encoder.encoder.layer.2.attention.output.dense.weight": "text_encoder.layers.2.self_attn.out.weight",
+    "text_encoder.encoder.layer.3.attention.output.LayerNorm.bias": "text_encoder.layers.3.self_attn_norm.bias",
+    "text_encoder.encoder.layer.4.crossattention.self.query.bias": "text_encoder.layers.4.cross_attn.query.bias",
+    "text_encoder.encoder.layer.5.crossattention.self.key.weight": "text_encoder.layers.5.cross_attn.key.weight",
+    "text_encoder.encoder.layer.6.crossattention.self.value.bias": "text_encoder.layers.6.cross_attn.value.bias",
+    "text_encoder.encoder.layer.7.crossattention.output.dense.bias": "text_encoder.layers.7.cross_attn.out.bias",
+    "text_encoder.encoder.layer.8.crossattention.output.LayerNorm.weight": (
+        "text_encoder.layers.8.cross_attn_norm.weight"
+    ),
+    "text_encoder.encoder.layer.9.intermediate.dense.weight": "text_encoder.layers.9.mlp.fc1.weight",
+    "text_encoder.encoder.layer.10.output.dense.bias": "text_encoder.layers.10.mlp.fc2.bias",
+    "text_encoder.encoder.layer.11.output.LayerNorm.weight": "text_encoder.layers.11.mlp_norm.weight",
+    "text_encoder.encoder.layer.11.output.LayerNorm.bias": "text_encoder.layers.11.mlp_norm.bias",
+    "vision_proj.weight": "vision_proj.weight",
+    "vision_proj.bias": "vision_proj.bias",
+    "text_proj.weight": "text_proj.weight",
+    "text_proj.bias": "text_proj.bias",
+    "itm_head.weight": "itm_head.weight",
+    "itm_head.bias": "itm_head.bias",
+}
+
 # Official checkpoint key → our `BlipITM` parameter, per layout; valid for both sizes (block and layer indices
 # below 12: the large ViT has 24 blocks, both text towers 12 layers).
 KEYS_BY_HAND = {
-    "lavis": {
+    "lavis": TEXT_AND_HEADS
+    | {
         "visual_encoder.cls_token": "vision_encoder.cls_token",
         "visual_encoder.pos_embed": "vision_encoder.pos_embed",
         "visual_encoder.patch_embed.proj.weight": "vision_encoder.patch_embed.proj.weight",
@@ -41,34 +72,9 @@ KEYS_BY_HAND = {
         "visual_encoder.blocks.11.mlp.fc2.bias": "vision_encoder.blocks.11.mlp.fc2.bias",
         "visual_encoder.norm.weight": "vision_encoder.norm.weight",
         "visual_encoder.norm.bias": "vision_encoder.norm.bias",
-        "text_encoder.embeddings.word_embeddings.weight": "text_encoder.embeddings.word_embeddings.weight",
-        "text_encoder.embeddings.position_embeddings.weight": "text_encoder.embeddings.position_embeddings.weight",
-        "text_encoder.embeddings.LayerNorm.weight": "text_encoder.embeddings.norm.weight",
-        "text_encoder.embeddings.LayerNorm.bias": "text_encoder.embeddings.norm.bias",
-        "text_encoder.encoder.layer.0.attention.self.query.weight": "text_encoder.layers.0.self_attn.query.weight",
-        "text_encoder.encoder.layer.0.attention.self.key.bias": "text_encoder.layers.0.self_attn.key.bias",
-        "text_encoder.encoder.layer.1.attention.self.value.weight": "text_encoder.layers.1.self_attn.value.weight",
-        "text_encoder.encoder.layer.2.attention.output.dense.weight": "text_encoder.layers.2.self_attn.out.weight",
-        "text_encoder.encoder.layer.3.attention.output.LayerNorm.bias": "text_encoder.layers.3.self_attn_norm.bias",
-        "text_encoder.encoder.layer.4.crossattention.self.query.bias": "text_encoder.layers.4.cross_attn.query.bias",
-        "text_encoder.encoder.layer.5.crossattention.self.key.weight": "text_encoder.layers.5.cross_attn.key.weight",
-        "text_encoder.encoder.layer.6.crossattention.self.value.bias": "text_encoder.layers.6.cross_attn.value.bias",
-        "text_encoder.encoder.layer.7.crossattention.output.dense.bias": "text_encoder.layers.7.cross_attn.out.bias",
-        "text_encoder.encoder.layer.8.crossattention.output.LayerNorm.weight": (
-            "text_encoder.layers.8.cross_attn_norm.weight"
-        ),
-        "text_encoder.encoder.layer.9.intermediate.dense.weight": "text_encoder.layers.9.mlp.fc1.weight",
-        "text_encoder.encoder.layer.10.output.dense.bias": "text_encoder.layers.10.mlp.fc2.bias",
-        "text_encoder.encoder.layer.11.output.LayerNorm.weight": "text_encoder.layers.11.mlp_norm.weight",
-        "text_encoder.encoder.layer.11.output.LayerNorm.bias": "text_encoder.layers.11.mlp_norm.bias",
-        "vision_proj.weight": "vision_proj.weight",
-        "vision_proj.bias": "vision_proj.bias",
-        "text_proj.weight": "text_proj.weight",
-        "text_proj.bias": "text_proj.bias",
-        "itm_head.weight": "itm_head.weight",
-        "itm_head.bias": "itm_head.bias",
     },
-    "hf": {
+    "hf": TEXT_AND_HEADS
+    | {
         "vision_model.embeddings.class_embedding": "vision_encoder.cls_token",
         "vision_model.embeddings.position_embedding": "vision_encoder.pos_embed",
         "vision_model.embeddings.patch_embedding.weight": "vision_encoder.patch_embed.proj.weight",
@@ -81,32 +87,6 @@ KEYS_BY_HAND = {
         "vision_model.encoder.layers.11.mlp.fc2.bias": "vision_encoder.blocks.11.mlp.fc2.bias",
         "vision_model.post_layernorm.weight": "vision_encoder.norm.weight",
         "vision_model.post_layernorm.bias": "vision_encoder.norm.bias",
-        "text_encoder.embeddings.word_embeddings.weight": "text_encoder.embeddings.word_embeddings.weight",
-        "text_encoder.embeddings.position_embeddings.weight": "text_encoder.embeddings.position_embeddings.weight",
-        "text_encoder.embeddings.LayerNorm.weight": "text_encoder.embeddings.norm.weight",
-        "text_encoder.embeddings.LayerNorm.bias": "text_encoder.embeddings.norm.bias",
-        "text_encoder.encoder.layer.0.attention.self.query.weight": "text_encoder.layers.0.self_attn.query.weight",
-        "text_encoder.encoder.layer.0.attention.self.key.bias": "text_encoder.layers.0.self_attn.key.bias",
-        "text_encoder.encoder.layer.1.attention.self.value.weight": "text_encoder.layers.1.self_attn.value.weight",
-        "text_encoder.encoder.layer.2.attention.output.dense.weight": "text_encoder.layers.2.self_attn.out.weight",
-        "text_encoder.encoder.layer.3.attention.output.LayerNorm.bias": "text_encoder.layers.3.self_attn_norm.bias",
-        "text_encoder.encoder.layer.4.crossattention.self.query.bias": "text_encoder.layers.4.cross_attn.query.bias",
-        "text_encoder.encoder.layer.5.crossattention.self.key.weight": "text_encoder.layers.5.cross_attn.key.weight",
-        "text_encoder.encoder.layer.6.crossattention.self.value.bias": "text_encoder.layers.6.cross_attn.value.bias",
-        "text_encoder.encoder.layer.7.crossattention.output.dense.bias": "text_encoder.layers.7.cross_attn.out.bias",
-        "text_encoder.encoder.layer.8.crossattention.output.LayerNorm.weight": (
-            "text_encoder.layers.8.cross_attn_norm.weight"
-        ),
-        "text_encoder.encoder.layer.9.intermediate.dense.weight": "text_encoder.layers.9.mlp.fc1.weight",
-        "text_encoder.encoder.layer.10.output.dense.bias": "text_encoder.layers.10.mlp.fc2.bias",
-        "text_encoder.encoder.layer.11.output.LayerNorm.weight": "text_encoder.layers.11.mlp_norm.weight",
-        "text_encoder.encoder.layer.11.output.LayerNorm.bias": "text_encoder.layers.11.mlp_norm.bias",
-        "vision_proj.weight": "vision_proj.weight",
-        "vision_proj.bias": "vision_proj.bias",
-        "text_proj.weight": "text_proj.weight",
-        "text_proj.bias": "text_proj.bias",
-        "itm_head.weight": "itm_head.weight",
-        "itm_head.bias": "itm_head.bias",
     },
 }
 
