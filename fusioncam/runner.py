@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ from fusioncam.text import clean_caption
 from fusioncam.vqa import PNPVQA
 
 Outcome = dict | str  # the record written for a pair, or why it failed
+Pending = Outcome | Future[Outcome]  # an outcome, or one still being written behind the model
 
 EMPTY_TEXT = "the text is empty after cleaning: give at least one word"
 
@@ -63,6 +64,7 @@ class Batch:
     images: dict[ImageRef, np.ndarray] = field(default_factory=dict)
     reasons: dict[ImageRef, str] = field(default_factory=dict)
     ids: dict[Pair, str] = field(default_factory=dict)
+    writer: ThreadPoolExecutor | None = None  # where outputs are written behind the model (None: at once)
 
     @classmethod
     def decode(
@@ -116,7 +118,7 @@ class Task(Protocol):
     @property
     def out(self) -> Path | None: ...
 
-    def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Outcome]]: ...
+    def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Pending]]: ...
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,8 @@ def run(
     prepared = (_prepare(chunk, task, resume) for chunk in batched(mine, batch_size))
     with ThreadPoolExecutor(workers) if workers else nullcontext() as pool:
         batches = _ahead(prepared, pool, depth=2) if pool else (_decoded(item, None) for item in prepared)
-        yield from _settle(batches, task, on_batch, stop, timing)
+        with ThreadPoolExecutor(workers) if workers else nullcontext() as writer:
+            yield from _settle(batches, task, on_batch, stop, timing, writer)
 
 
 @dataclass
@@ -222,8 +225,11 @@ def _settle(
     on_batch: Callable[[int], None] | None,
     stop: Callable[[], bool],
     timing: RunTiming | None,
+    writer: ThreadPoolExecutor | None,
 ) -> Iterator[Settled]:
+    """Run the model on each batch, and report the previous one meanwhile written behind it (with a `writer`)."""
     started = time.perf_counter()
+    pending: tuple[_Prepared, dict[Pair, Pending]] | None = None
     while True:
         asked = time.perf_counter()
         prepared = next(batches, None)
@@ -231,21 +237,34 @@ def _settle(
             timing.waiting += time.perf_counter() - asked
         if prepared is None:
             break
-        chunk, done = prepared.chunk, prepared.done
+        if prepared.batch is not None:
+            prepared.batch.writer = writer
         outcomes = dict(task(prepared.batch)) if prepared.batch is not None else {}
-        for item in chunk:
-            if isinstance(item, Failure):
-                yield Settled(item, item)
-            elif item in done:
-                yield Settled(item, done[item], resumed=True)
-            else:
-                yield Settled(item, outcomes[item])
-        if on_batch is not None:
-            on_batch(len(chunk))
+        if pending is not None:
+            yield from _reported(*pending, on_batch)
+        pending = prepared, outcomes
         if timing is not None:
             timing.total = time.perf_counter() - started
-        if stop():
-            return
+        if stop():  # the batch in hand is finished and written, then the run ends
+            break
+    if pending is not None:
+        yield from _reported(*pending, on_batch)
+
+
+def _reported(
+    prepared: _Prepared, outcomes: dict[Pair, Pending], on_batch: Callable[[int], None] | None
+) -> Iterator[Settled]:
+    """A batch's inputs with their outcomes in input order, once their files are written."""
+    for item in prepared.chunk:
+        if isinstance(item, Failure):
+            yield Settled(item, item)
+        elif item in prepared.done:
+            yield Settled(item, prepared.done[item], resumed=True)
+        else:
+            outcome = outcomes[item]
+            yield Settled(item, outcome.result() if isinstance(outcome, Future) else outcome)
+    if on_batch is not None:
+        on_batch(len(prepared.chunk))
 
 
 def _done(task: Task, pair: Pair, ident: str) -> dict | None:
@@ -273,15 +292,24 @@ def as_failure(settled: Settled) -> Failure | None:
     return None
 
 
-def _written(pair: Pair, write: Callable[..., dict], *args: object, **kwargs: object) -> tuple[Pair, Outcome]:
-    """Write a pair's outputs; a file-system error fails that pair only, except a full disk, which stops the run
-    (every later pair would fail the same way)."""
+def _written(
+    batch: Batch, pair: Pair, write: Callable[..., dict], *args: object, **kwargs: object
+) -> tuple[Pair, Pending]:
+    """Write a pair's outputs, behind the model when the batch has a writer (PNG encoding releases the GIL)."""
+    if batch.writer is None:
+        return pair, _write(write, args, kwargs)
+    return pair, batch.writer.submit(_write, write, args, kwargs)
+
+
+def _write(write: Callable[..., dict], args: tuple, kwargs: dict) -> Outcome:
+    """A file-system error fails that pair only, except a full disk, which stops the run (every later pair would
+    fail the same way)."""
     try:
-        return pair, write(*args, **kwargs)
+        return write(*args, **kwargs)
     except DiskFullError:
         raise
     except OSError as error:
-        return pair, f"cannot write outputs: {error}"
+        return f"cannot write outputs: {error}"
 
 
 def _text_check(pair: Pair) -> str | None:
@@ -324,13 +352,13 @@ class HeatmapTask:
     label: str = "heatmaps"
     command: ClassVar[str] = "heatmap"
 
-    def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Outcome]]:
+    def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Pending]]:
         explained, failed = _explained(batch, self.matcher, self.block, self.per_word, self.refiner)
         yield from failed
         for pair, item in explained:
             _tell_truncated(self.on_truncated, pair, item.heatmap.truncated)
             yield _written(
-                pair, write_heatmap, self.out, pair, batch.images[pair.image], item.heatmap, self.matcher.name,
+                batch, pair, write_heatmap, self.out, pair, batch.images[pair.image], item.heatmap, self.matcher.name,
                 self.alpha, self.colormap, refined=item.refined, save_mask=self.save_mask, run=self.run_info,
                 ident=batch.ids.get(pair),
             )  # fmt: skip
@@ -350,7 +378,7 @@ class SegmentTask:
     label: str = "masks"
     command: ClassVar[str] = "segment"
 
-    def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Outcome]]:
+    def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Pending]]:
         explained, failed = _explained(batch, self.matcher, self.block, False, self.refiner)
         yield from failed
         for pair, item in explained:
@@ -358,7 +386,7 @@ class SegmentTask:
             _tell_truncated(self.on_truncated, pair, item.heatmap.truncated)
             picture = batch.images[pair.image]
             yield _written(
-                pair, write_segment, self.out, pair, picture, item.heatmap, item.refined, self.matcher.name,
+                batch, pair, write_segment, self.out, pair, picture, item.heatmap, item.refined, self.matcher.name,
                 self.run_info, batch.ids.get(pair),
             )  # fmt: skip
 
@@ -375,7 +403,7 @@ class ScoreTask:
     command: ClassVar[None] = None  # writes no files: nothing to resume, and scoring again is cheap
     out: ClassVar[None] = None
 
-    def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Outcome]]:
+    def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Pending]]:
         runnable, failed = batch.split(_text_check)
         yield from failed
         if not runnable:
@@ -405,7 +433,7 @@ class VQATask:
     label: str = "questions"
     command: ClassVar[str] = "vqa"
 
-    def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Outcome]]:
+    def __call__(self, batch: Batch) -> Iterator[tuple[Pair, Pending]]:
         runnable, failed = batch.split()
         yield from failed
         if not runnable:
@@ -416,8 +444,8 @@ class VQATask:
         )
         for pair, image, result in zip(runnable, images, results, strict=True):
             yield _written(
-                pair, write_vqa, self.out, pair, image, result, self.models, self.alpha, self.colormap, self.run_info,
-                batch.ids.get(pair),
+                batch, pair, write_vqa, self.out, pair, image, result, self.models, self.alpha, self.colormap,
+                self.run_info, batch.ids.get(pair),
             )  # fmt: skip
 
 
