@@ -33,7 +33,9 @@ file_names = (
     .filter(lambda raw: b"/" not in raw and b"\0" not in raw and raw not in (b".", b".."))
     .map(os.fsdecode)
 )
-short_names = st.text(st.characters(exclude_characters="/\0"), min_size=1, max_size=12).filter(
+# Names a folder can hold, as str (codec utf-8: no lone surrogates, which no file name decodes to; names that are
+# not UTF-8 come from `file_names`).
+short_names = st.text(st.characters(codec="utf-8", exclude_characters="/\0"), min_size=1, max_size=12).filter(
     lambda name: name not in (".", "..")
 )
 
