@@ -6,11 +6,6 @@ arrays here, at the edge where they become files.
 
 from __future__ import annotations
 
-import errno
-import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +13,7 @@ import numpy as np
 from fusioncam.api import Heatmap, Score
 from fusioncam.explain.refine import Refined
 from fusioncam.explain.render import captioned, contact_sheet, cutout, mask_overlay, overlay, peak_location, save_png
+from fusioncam.files import atomically, stop_when_full, write_json
 from fusioncam.inputs import Pair, image_label
 from fusioncam.vqa import VQAResult
 
@@ -43,53 +39,13 @@ _SUFFIXES: dict[str, dict[str, str]] = {
 }  # fmt: skip
 
 
-TEMPORARY_PREFIX = ".partial-"  # files being written; a run killed mid-write leaves these, never a half file
-
-
-class DiskFullError(OSError):
-    """No space left on the disk under --out, or the quota spent: every later pair would fail the same way, so the
-    run stops at once (the runner lets this through) instead of failing each remaining pair after its model work."""
-
-    def __init__(self, path: Path, error: OSError) -> None:
-        what = "disk quota exceeded" if error.errno == errno.EDQUOT else "disk full"
-        super().__init__(
-            error.errno, f"{what}: cannot write {path}; free space and run again (--resume skips what is done)"
-        )
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-
-@contextmanager
-def _stop_when_full(path: Path) -> Iterator[None]:
-    try:
-        yield
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(path, error) from error
-        raise
-
-
-@contextmanager
-def _atomically(path: Path) -> Iterator[Path]:
-    """A temporary name beside `path` to write to, renamed onto `path` once written: a file under its real name is
-    always whole, whenever the run is killed."""
-    temporary = path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{path.name}")
-    try:
-        with _stop_when_full(path):
-            yield temporary
-            os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _png(path: Path, pixels: np.ndarray) -> None:
-    with _atomically(path) as temporary:
+    with atomically(path) as temporary:
         save_png(temporary, pixels)
 
 
 def _npy(path: Path, array: np.ndarray) -> None:
-    with _atomically(path) as temporary:
+    with atomically(path) as temporary:
         np.save(temporary, array)
 
 
@@ -100,7 +56,7 @@ def record_path(out_dir: Path, pair: Pair, command: str) -> Path:
 
 def _paths(out_dir: Path, pair: Pair, command: str, *kinds: str) -> dict[str, Path]:
     base = out_dir / pair.stem
-    with _stop_when_full(base.parent):
+    with stop_when_full(base.parent):
         base.parent.mkdir(parents=True, exist_ok=True)
     return {kind: base.with_name(base.name + _SUFFIXES[command][kind]) for kind in kinds}
 
@@ -146,8 +102,7 @@ def _finish(record: dict, paths: dict[str, Path], run: dict | None, ident: str |
         record["id"] = ident
     if run:
         record["run"] = run
-    with _atomically(paths["json"]) as temporary:  # last: a record on disk means its files are whole
-        temporary.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(paths["json"], record)  # last: a record on disk means its files are whole
     return record
 
 

@@ -26,6 +26,8 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 
+from fusioncam.files import atomically
+
 INDEX_NAME = "index.html"
 THUMB_DIR = ".thumbs"
 THUMB_BOX = (240, 180)  # width, height: thumbnails fit inside and are shown at their own size
@@ -136,7 +138,7 @@ def write_report(out_dir: Path, title: str | None = None) -> ReportSummary:
     heading = title if title is not None else f"fusioncam report: {out_dir.resolve().name}"
     page = _page(heading, cards, [_skipped_line(out_dir, item) for item in skipped])
     index = out_dir / INDEX_NAME
-    _write_atomically(index, page.encode("utf-8"))
+    _write_bytes(index, page.encode("utf-8"))
     return ReportSummary(index, len(records), skipped)
 
 
@@ -212,7 +214,7 @@ def _thumbnail(source: Path, thumb: Path) -> Path | None:
         if not ok:
             return None
         thumb.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(thumb, encoded.tobytes())
+        _write_bytes(thumb, encoded.tobytes())
     except OSError:
         return None
     return thumb
@@ -226,10 +228,9 @@ def _prune_thumbnails(out_dir: Path, keep: set[Path]) -> None:
             path.unlink(missing_ok=True)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+def _write_bytes(path: Path, data: bytes) -> None:
+    with atomically(path) as temporary:
+        temporary.write_bytes(data)
 
 
 def _card(out_dir: Path, record: _Record, rank: int, thumbs: dict[Path, Path]) -> str:

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from fusioncam.api import BlipMatcher, Explained, SamRefiner, distinct_images, explain_pairs
+from fusioncam.files import DiskFullError
 from fusioncam.images import ImageDecodeError, load_image_source
 from fusioncam.inputs import Failure, ImageRef, Pair, batched, image_label
-from fusioncam.outputs import DiskFullError, record_path, score_record, write_heatmap, write_segment, write_vqa
+from fusioncam.outputs import record_path, score_record, write_heatmap, write_segment, write_vqa
 from fusioncam.text import clean_caption
 from fusioncam.vqa import PNPVQA
 

@@ -28,8 +28,8 @@ from tiny_presets import write_tiny_presets
 from typer.testing import CliRunner, Result
 
 from fusioncam.cli import app
+from fusioncam.files import DiskFullError, stop_when_full
 from fusioncam.images import MAX_IMAGE_PIXELS_ENV, printable
-from fusioncam.outputs import DiskFullError, _stop_when_full
 
 TEXT = "a dog"
 
@@ -310,8 +310,8 @@ def test_a_full_disk_stops_the_run_with_one_message(
 def test_no_space_left_becomes_a_disk_full_error(tmp_path: Path) -> None:
     """The mapping itself, on a real ENOSPC wherever this runs: Linux's /dev/full answers every write with one."""
     disk_full = pytest.raises(DiskFullError, match=r"^disk full: cannot write /dev/full; free space and run again")
-    with disk_full as caught, _stop_when_full(Path("/dev/full")):
+    with disk_full as caught, stop_when_full(Path("/dev/full")):
         Path("/dev/full").write_bytes(b"pixels")
     assert caught.value.errno == errno.ENOSPC and isinstance(caught.value, OSError)
-    with pytest.raises(FileNotFoundError), _stop_when_full(tmp_path / "x"):  # other errors pass unchanged
+    with pytest.raises(FileNotFoundError), stop_when_full(tmp_path / "x"):  # other errors pass unchanged
         (tmp_path / "no-folder" / "x").write_bytes(b"")

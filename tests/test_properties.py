@@ -21,7 +21,7 @@ from fusioncam.text import clean_caption
 
 PUNCTUATION = set('.!"()*#:;~')
 # What the writers add to a stem: the longest suffix, and the temporary name a file is written under first
-# (`fusioncam.outputs.TEMPORARY_PREFIX`, the largest Linux process id, a dash).
+# (`fusioncam.files.TEMPORARY_PREFIX`, the largest Linux process id, a dash).
 LONGEST_SUFFIX = ".segment-mask.png"
 TEMPORARY_PREFIX = ".partial-4194304-"
 NAME_MAX = 255  # bytes per file name on ext4, XFS, btrfs, APFS, NTFS (in UTF-16 units there)

@@ -123,7 +123,7 @@ class RunResult:
 
 def _until_disk_full(settled: Iterator[Settled], result: RunResult) -> Iterator[Settled]:
     """The runner's outcomes until a full disk stops the run (noted in `result`; the summary still tries)."""
-    from fusioncam.outputs import DiskFullError
+    from fusioncam.files import DiskFullError
 
     try:
         yield from settled
@@ -188,8 +188,9 @@ def run_task(
     if settings.summary is not None:
         try:
             _write_summary(settings.summary, task, result, time.monotonic() - started, settings)
-        except OSError as error:  # a full disk may not take the summary either; the run's outcome is said above
-            warn(f"cannot write {settings.summary}: {error}")
+        except OSError as error:
+            if result.disk_full is None:  # a full disk does not take the summary either: said once, above
+                warn(f"cannot write {settings.summary}: {error}")
     if settings.torchrun and settings.shard[0] == 0 and task.out is not None:
         _merge_ranks(task, listed, settings.shard[1], jsonl_now)
     return result
@@ -198,6 +199,7 @@ def run_task(
 def _merge_ranks(task: Task, listed: list[Pair | Failure], ranks: int, jsonl: bool, timeout: float = 3600) -> None:
     """Rank 0, once every rank's summary is on disk: the merged summary.json and, with `jsonl`, every rank's
     records on stdout in input order (read back from the records they wrote)."""
+    from fusioncam.files import write_json
     from fusioncam.inputs import Failure
     from fusioncam.outputs import record_path
 
@@ -214,10 +216,7 @@ def _merge_ranks(task: Task, listed: list[Pair | Failure], ranks: int, jsonl: bo
     merged |= {"interrupted": any(part["interrupted"] for part in parts), "ranks": ranks, "command": task.command}
     merged |= {"failures": [failure for part in parts for failure in part["failures"]], "options": task.options}
     merged |= {"fusioncam": parts[0]["fusioncam"], "seconds": max(part["seconds"] for part in parts)}
-    target = out / "summary.json"
-    temporary = target.with_name(f".partial-{os.getpid()}-{target.name}")
-    temporary.write_text(json.dumps(merged, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(temporary, target)
+    write_json(out / "summary.json", merged)
     if not jsonl:
         return
     failed = {(failure["origin"], failure["text"]): failure for failure in merged["failures"]}
@@ -242,7 +241,7 @@ def _summary_of_this_run(path: Path) -> bool:
 def remove_partial_files(out: Path) -> None:
     """Files a killed run was writing (`.partial-PID-…`): removed when that process is gone, so that a resumed
     run leaves a tree with whole files only (a live PID may be another process of the same run, still writing)."""
-    from fusioncam.outputs import TEMPORARY_PREFIX
+    from fusioncam.files import TEMPORARY_PREFIX
 
     for path in out.rglob(f"{TEMPORARY_PREFIX}*"):
         pid = path.name[len(TEMPORARY_PREFIX) :].split("-", 1)[0]
@@ -292,6 +291,7 @@ def _main_thread() -> bool:
 def _write_summary(path: Path, task: Task, result: RunResult, seconds: float, settings: RunSettings) -> None:
     """What the run did, for people and for the next run: counts, each failure's input and reason, options."""
     from fusioncam import __version__
+    from fusioncam.files import write_json
 
     summary = {
         "command": task.command,
@@ -307,9 +307,7 @@ def _write_summary(path: Path, task: Task, result: RunResult, seconds: float, se
         "fusioncam": __version__,
         "seconds": round(seconds, 3),
     }
-    temporary = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    temporary.write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    write_json(path, summary)
 
 
 def parse_shard(shard: str | None) -> tuple[int, int]:
