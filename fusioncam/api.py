@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from fusioncam.checkpoints import (
     load_t5_weights,
     read_state_dict,
 )
-from fusioncam.choices import LabelMode, MaskBlend, MaskChoice
+from fusioncam.choices import LabelMode, MaskBlend, MaskChoice, Precision, PrecisionChoice
 from fusioncam.explain.gradcam import compute_gradcam
 from fusioncam.explain.refine import Refined, SamImage, refine_heatmaps
 from fusioncam.explain.refine import embed_images as embed_for_sam
@@ -34,7 +34,9 @@ from fusioncam.images import BLIP_MEAN, BLIP_STD, ImageTransform
 from fusioncam.models.blip import BlipCaption, BlipCaptionConfig, BlipITM, BlipITMConfig
 from fusioncam.models.efficient_sam import EfficientSam, EfficientSamConfig
 from fusioncam.models.fusion import BlipFusionITM
+from fusioncam.models.layers import Model
 from fusioncam.models.t5_fid import FusionInDecoderQA
+from fusioncam.precision import resolve_precision
 from fusioncam.text import BlipTokenizer, Encoding, clean_caption
 from fusioncam.weights import Preset, get_preset, require_files
 
@@ -82,12 +84,21 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def to_device(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch of pixels from host memory to `device`; to a GPU through pinned memory without waiting, so that the
+    copy overlaps what the card is still computing (the kernels that read it are queued after it)."""
+    if device.type == "cuda":
+        return pixels.pin_memory().to(device, non_blocking=True)
+    return pixels.to(device)
+
+
 class BlipMatcher:
     """A loaded BLIP ITM preset: model, tokenizer and the preprocessing its weights expect.
 
     In the `fused` mode `model` is a `BlipFusionITM` and `sam` the EfficientSAM it was trained with: image tokens
     come from the fusion of BLIP's ViT and SAM; everything after the image tokens (ITM, ITC, Grad-CAM) is BLIP's
-    own, which `BlipFusionITM` answers as `BlipITM` does, so the same methods serve both modes.
+    own, which `BlipFusionITM` answers as `BlipITM` does, so the same methods serve both modes. `precision` (see
+    `fusioncam.precision`) applies to the model and its SAM alike.
     """
 
     def __init__(
@@ -98,11 +109,15 @@ class BlipMatcher:
         name: str = "blip-itm",
         device: torch.device | str = "cpu",
         sam: EfficientSam | None = None,
+        precision: Precision = "fp32",
     ) -> None:
         if isinstance(model, BlipFusionITM) != (sam is not None):
             raise ValueError("a fused model needs its EfficientSAM, and only a fused model takes one")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval().requires_grad_(False)
+        self.model.set_precision(precision)
+        if sam is not None:
+            sam.set_precision(precision)
         self.tokenizer = tokenizer
         self.transform = transform
         self.name = name
@@ -112,16 +127,22 @@ class BlipMatcher:
     def num_blocks(self) -> int:
         return self.model.config.text.num_layers
 
+    @property
+    def precision(self) -> Precision:
+        return self.model.precision
+
     @torch.no_grad()
     def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """RGB uint8 images → image tokens [B, 1 + N, Dv] on the model's device (fused when so loaded)."""
-        pixels = self.transform(images).to(self.device)
+        pixels = to_device(self.transform(images), self.device)
         if self.sam is None:
             assert isinstance(self.model, BlipITM)
-            return self.model.encode_image(pixels)
+            with self.model.autocast():
+                return self.model.encode_image(pixels)
         assert isinstance(self.model, BlipFusionITM)
         embedded = embed_for_sam(self.sam, images, max_side=None)  # SAM resizes them itself, as in training
-        return self.model.encode_image(pixels, torch.stack([image.embedding for image in embedded]).to(self.device))
+        with self.model.autocast():
+            return self.model.encode_image(pixels, torch.stack([image.embedding for image in embedded]).to(self.device))
 
     def _encode(self, texts: Sequence[str], clean: Callable[[str], str] = clean_caption) -> tuple[list[str], Encoding]:
         cleaned = [clean(text) for text in texts]
@@ -130,15 +151,17 @@ class BlipMatcher:
     @torch.no_grad()
     def _itc(self, image_embeds: torch.Tensor, encoding: Encoding) -> torch.Tensor:
         """ITC similarity of row i of images with row i of texts."""
-        image = self.model.image_features(image_embeds)
-        text = self.model.text_features(encoding.input_ids, encoding.attention_mask)
+        with self.model.autocast():
+            image = self.model.image_features(image_embeds)
+            text = self.model.text_features(encoding.input_ids, encoding.attention_mask)
         return (image * text).sum(-1)
 
     @torch.no_grad()
     def _itm(self, image_embeds: torch.Tensor, encoding: Encoding) -> torch.Tensor:
         """ITM match probability of row i of images with row i of texts."""
         input_ids = self.tokenizer.for_itm(encoding.input_ids)
-        return self.model.itm(image_embeds, input_ids, encoding.attention_mask).match_probability
+        with self.model.autocast():
+            return self.model.itm(image_embeds, input_ids, encoding.attention_mask).match_probability
 
     def match_probabilities(self, image_embeds: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """ITM match probability [B] of text i with image tokens i (rows of `embed_images`), without ITC."""
@@ -177,9 +200,10 @@ class BlipMatcher:
         image_embeds = images if isinstance(images, torch.Tensor) else self.embed_images(images)
         if len(image_embeds) != len(texts):
             raise ValueError(f"{len(image_embeds)} images for {len(texts)} texts: pass one image per text")
-        cam = compute_gradcam(
-            self.model, image_embeds, self.tokenizer.for_itm(encoding.input_ids), encoding.attention_mask, block
-        )
+        with self.model.autocast():
+            cam = compute_gradcam(
+                self.model, image_embeds, self.tokenizer.for_itm(encoding.input_ids), encoding.attention_mask, block
+            )
         itc = self._itc(image_embeds, encoding)
         probability = cam.itm_logits.softmax(-1)[:, 1]
         results = []
@@ -219,7 +243,8 @@ class Captioner:
 
     @torch.no_grad()
     def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        return self.model.encode_image(self.transform(images).to(self.device))
+        with self.model.autocast():
+            return self.model.encode_image(to_device(self.transform(images), self.device))
 
 
 @dataclass
@@ -285,31 +310,37 @@ def blip_preset_tokenizer(preset: Preset, vocab: Path, max_length: int, vocab_si
     return tokenizer
 
 
-def _ready(model: torch.nn.Module, device: torch.device) -> Any:
-    """Float32 (half-precision checkpoints run like the reference), on `device`, frozen for inference."""
-    return model.float().to(device).eval().requires_grad_(False)
+M = TypeVar("M", bound=Model)
 
 
-def _build_matcher(preset: Preset, files: dict[str, Path], device: torch.device) -> BlipMatcher:
+def _ready(model: M, device: torch.device, precision: Precision) -> M:
+    """Float32 weights (half-precision checkpoints run like the reference), on `device`, frozen for inference,
+    computing in `precision`."""
+    model = model.float().to(device).eval().requires_grad_(False)
+    model.set_precision(precision)
+    return model
+
+
+def _build_matcher(preset: Preset, files: dict[str, Path], device: torch.device, precision: Precision) -> BlipMatcher:
     model = build_blip_itm(preset)
     load_blip_itm_weights(model, read_state_dict(files["checkpoint"]), preset.layout, str(files["checkpoint"]))
     config = model.config
     transform = blip_preset_transform(preset, config.vision.image_size)
     tokenizer = blip_preset_tokenizer(preset, files["vocab"], config.max_txt_len, config.text.vocab_size)
-    return BlipMatcher(model.float(), tokenizer, transform, name=preset.name, device=device)
+    return BlipMatcher(model.float(), tokenizer, transform, name=preset.name, device=device, precision=precision)
 
 
-def _build_captioner(preset: Preset, files: dict[str, Path], device: torch.device) -> Captioner:
+def _build_captioner(preset: Preset, files: dict[str, Path], device: torch.device, precision: Precision) -> Captioner:
     config = BlipCaptionConfig.from_dict(preset.config, base=BlipCaptionConfig.preset(preset.architecture or "base"))
     with torch.device("meta"):
         model = BlipCaption(config)
     load_blip_caption_weights(model, read_state_dict(files["checkpoint"]), preset.layout, str(files["checkpoint"]))
     transform = blip_preset_transform(preset, config.vision.image_size)
     tokenizer = blip_preset_tokenizer(preset, files["vocab"], config.max_txt_len, config.text.vocab_size)
-    return Captioner(_ready(model, device), tokenizer, transform, preset.name)
+    return Captioner(_ready(model, device, precision), tokenizer, transform, preset.name)
 
 
-def _build_qa(preset: Preset, files: dict[str, Path], device: torch.device) -> QuestionAnswerer:
+def _build_qa(preset: Preset, files: dict[str, Path], device: torch.device, precision: Precision) -> QuestionAnswerer:
     from transformers import T5Tokenizer
 
     with torch.device("meta"):
@@ -317,16 +348,16 @@ def _build_qa(preset: Preset, files: dict[str, Path], device: torch.device) -> Q
     load_t5_weights(qa.model, read_state_dict(files["checkpoint"]), str(files["checkpoint"]))
     # The tokenizer reads spiece.model and the companions beside it (tokenizer_config.json & co.).
     tokenizer = T5Tokenizer.from_pretrained(str(files["spiece"].parent))
-    return QuestionAnswerer(_ready(qa, device), tokenizer, preset.name)
+    return QuestionAnswerer(_ready(qa, device, precision), tokenizer, preset.name)
 
 
-def _build_sam(preset: Preset, files: dict[str, Path], device: torch.device) -> EfficientSam:
+def _build_sam(preset: Preset, files: dict[str, Path], device: torch.device, precision: Precision) -> EfficientSam:
     config = EfficientSamConfig.from_dict(preset.config, base=EfficientSamConfig.preset(preset.architecture or "vitt"))
     config = EfficientSamConfig.from_dict(_sam_preprocess(preset, config), base=config)
     with torch.device("meta"):
         model = EfficientSam(config)
     load_efficient_sam_weights(model, read_state_dict(files["checkpoint"]), str(files["checkpoint"]))
-    return _ready(model, device)
+    return _ready(model, device, precision)
 
 
 def _sam_preprocess(preset: Preset, config: EfficientSamConfig) -> dict[str, Any]:
@@ -357,7 +388,7 @@ class Family:
 
     layouts: tuple[str, ...]
     files: tuple[str, ...]
-    build: Callable[[Preset, dict[str, Path], torch.device], Any]
+    build: Callable[[Preset, dict[str, Path], torch.device, Precision], Any]
     companions: tuple[str, ...] = ()
     preprocess: tuple[str, ...] = ()
 
@@ -403,13 +434,16 @@ def load(
     download: bool = True,
     fusion: str | Path | None = None,
     sam: str = "efficient-sam-vitt",
+    precision: PrecisionChoice = "fp32",
 ) -> Any:
     """The ready model of a preset (a name from weights.toml or a preset .toml), downloading its files if needed.
 
     What comes back depends on the preset's kind: a `BlipMatcher` (blip-itm), a `Captioner` (blip-caption), a
     `QuestionAnswerer` (t5-qa) or an `EfficientSam` (efficient-sam), each with the preprocessing and tokenizer its
     weights expect. `fusion` (a file written by `fusioncam train --what fusion`) switches a BLIP ITM to the
-    `fused` mode, with the EfficientSAM preset `sam` it was trained with.
+    `fused` mode, with the EfficientSAM preset `sam` it was trained with. `precision`: `fp32` (the references'
+    numbers), `bf16`/`fp16` (autocast), `int8` (CPU, quantised linears where no gradient flows) or `auto` (bf16
+    where the device has it, else fp32); see `fusioncam.precision`.
     """
     preset = get_preset(name)
     chosen = family(preset)
@@ -418,35 +452,53 @@ def load(
     roles = chosen.files + tuple(role for role in chosen.companions if role in preset.files)
     files = require_files(preset, roles, download=download)
     target = pick_device(device)
-    model = chosen.build(preset, files, target)
-    if fusion is not None:
+    resolved = resolve_precision(precision, target)
+    if fusion is not None:  # the fusion wraps BLIP's float model; the precision is applied to the whole
+        plain = chosen.build(preset, files, target, "fp32")
         sam_model = load_sam(sam, device=device, download=download)
-        fused = load_fusion(fusion, model.model, preset.name, get_preset(sam).name)
-        return BlipMatcher(fused, model.tokenizer, model.transform, name=preset.name, device=target, sam=sam_model)
-    return model
+        fused = load_fusion(fusion, plain.model, preset.name, get_preset(sam).name)
+        return BlipMatcher(
+            fused, plain.tokenizer, plain.transform, name=preset.name, device=target, sam=sam_model, precision=resolved
+        )
+    return chosen.build(preset, files, target, resolved)
 
 
-def _load_kind(name: str | Path, kind: str, device: str, download: bool) -> Any:
+def _load_kind(name: str | Path, kind: str, device: str, download: bool, precision: PrecisionChoice) -> Any:
     """`load`, refusing a preset of another kind (a typed entry point must return what its name says)."""
     preset = get_preset(name)
     if preset.kind != kind:
         raise ValueError(f"preset {preset.name!r} is a {preset.kind} model, not a {kind} model")
-    return load(name, device=device, download=download)
+    return load(name, device=device, download=download, precision=precision)
 
 
-def load_captioner(name: str | Path = "blip-caption-large", device: str = "auto", download: bool = True) -> Captioner:
+def load_captioner(
+    name: str | Path = "blip-caption-large",
+    device: str = "auto",
+    download: bool = True,
+    precision: PrecisionChoice = "fp32",
+) -> Captioner:
     """`load` for a BLIP caption preset (LAVIS, Hugging Face or fusioncam layout)."""
-    return _load_kind(name, "blip-caption", device, download)
+    return _load_kind(name, "blip-caption", device, download, precision)
 
 
-def load_qa(name: str | Path = "unifiedqa-v2-t5-base", device: str = "auto", download: bool = True) -> QuestionAnswerer:
+def load_qa(
+    name: str | Path = "unifiedqa-v2-t5-base",
+    device: str = "auto",
+    download: bool = True,
+    precision: PrecisionChoice = "fp32",
+) -> QuestionAnswerer:
     """`load` for a UnifiedQA (T5) preset; its tokenizer comes from the preset's `spiece.model` folder."""
-    return _load_kind(name, "t5-qa", device, download)
+    return _load_kind(name, "t5-qa", device, download, precision)
 
 
-def load_sam(name: str | Path = "efficient-sam-vitt", device: str = "auto", download: bool = True) -> EfficientSam:
+def load_sam(
+    name: str | Path = "efficient-sam-vitt",
+    device: str = "auto",
+    download: bool = True,
+    precision: PrecisionChoice = "fp32",
+) -> EfficientSam:
     """`load` for an EfficientSAM preset (`efficient-sam-vitt`, `efficient-sam-vits`, or a preset file)."""
-    return _load_kind(name, "efficient-sam", device, download)
+    return _load_kind(name, "efficient-sam", device, download, precision)
 
 
 class SamRefiner:

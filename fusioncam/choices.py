@@ -12,6 +12,8 @@ Encoder = Literal["blip", "esam", "fused"]
 LabelMode = Literal["fork", "foreground"]
 MaskChoice = Literal["first", "best-iou"]
 MaskBlend = Literal["fork", "probability"]
+Precision = Literal["fp32", "bf16", "fp16", "int8"]
+PrecisionChoice = Literal["fp32", "bf16", "fp16", "int8", "auto"]
 Colormap = Literal[
     "jet", "turbo", "viridis", "inferno", "magma", "plasma", "cividis", "parula", "hot", "bone", "pink",
     "ocean", "winter", "summer", "spring", "autumn", "cool", "rainbow", "hsv", "twilight", "deepgreen",
@@ -21,4 +23,5 @@ ENCODERS: tuple[str, ...] = get_args(Encoder)
 LABEL_MODES: tuple[str, ...] = get_args(LabelMode)
 MASK_CHOICES: tuple[str, ...] = get_args(MaskChoice)
 MASK_BLENDS: tuple[str, ...] = get_args(MaskBlend)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 COLORMAP_NAMES: tuple[str, ...] = get_args(Colormap)

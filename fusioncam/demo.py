@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from fusioncam.api import BlipMatcher, SamRefiner, load, load_captioner, load_qa, load_sam
+from fusioncam.choices import PrecisionChoice
 from fusioncam.explain.render import save_png
 from fusioncam.images import load_image
 from fusioncam.inputs import Pair, slug
@@ -88,34 +89,43 @@ def real_plan(image: Path, text: str = REAL_TEXT, with_vqa: bool = False) -> Dem
     )
 
 
-def run_demo(plan: DemoPlan, out: Path, device: str = "auto", seed: int = 0) -> DemoResult:
+def run_demo(
+    plan: DemoPlan, out: Path, device: str = "auto", seed: int = 0, precision: PrecisionChoice = "fp32"
+) -> DemoResult:
     """Write the demo's outputs under `out`: `heatmap/`, `sam/` (refined map and mask) and `vqa/`."""
     picture = load_image(plan.image)
     result = DemoResult(out)
-    matcher = load(plan.itm, device=device)
+    matcher = load(plan.itm, device=device, precision=precision)
     explained = matcher.heatmap(picture, plan.text, block=plan.block, per_word=True)
     pair = _pair(plan, "heatmap", plan.text)
     result.records["heatmap"] = write_heatmap(out, pair, picture, explained, matcher.name)
 
     # The probability blend: a mask sharpens the map (the fork's logit blend is kept for parity, not for looks).
-    refiner = SamRefiner(load_sam(plan.sam, device=device), blend="probability")
+    refiner = SamRefiner(load_sam(plan.sam, device=device, precision=matcher.precision), blend="probability")
     (refined,) = refiner.refine([plan.image], [picture], explained.heatmap[None])
     sam = _pair(plan, "sam", plan.text)
     result.records["sam"] = write_heatmap(out, sam, picture, explained, matcher.name, refined=refined, save_mask=True)
 
     if plan.question is not None and plan.vqa_presets is not None and plan.vqa is not None:
         same_itm = plan.vqa_presets[0] == plan.itm
-        result.records["vqa"] = _answer(plan, picture, out, device, seed, matcher if same_itm else None)
+        result.records["vqa"] = _answer(plan, picture, out, device, seed, precision, matcher if same_itm else None)
     return result
 
 
 def _answer(
-    plan: DemoPlan, picture: np.ndarray, out: Path, device: str, seed: int, matcher: BlipMatcher | None
+    plan: DemoPlan,
+    picture: np.ndarray,
+    out: Path,
+    device: str,
+    seed: int,
+    precision: PrecisionChoice,
+    matcher: BlipMatcher | None,
 ) -> dict:
     assert plan.question is not None and plan.vqa_presets is not None and plan.vqa is not None
     itm, caption, qa = plan.vqa_presets
-    matcher = matcher or load(itm, device=device)
-    pipeline = PNPVQA(matcher, load_captioner(caption, device=device), load_qa(qa, device=device), plan.vqa)
+    matcher = matcher or load(itm, device=device, precision=precision)
+    captioner = load_captioner(caption, device=device, precision=matcher.precision)
+    pipeline = PNPVQA(matcher, captioner, load_qa(qa, device=device, precision=matcher.precision), plan.vqa)
     (answer,) = pipeline.answer([picture], [plan.question], torch.Generator().manual_seed(seed), keys=[plan.image])
     models = {"itm": itm, "caption": caption, "qa": qa, "encoder": "blip"}
     truth = {"expected_answer": plan.expected_answer} if plan.expected_answer is not None else {}

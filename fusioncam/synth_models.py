@@ -722,7 +722,9 @@ def segment_clicks(sam: EfficientSam, image: np.ndarray, clicks: Sequence[tuple[
     pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(device) / 255
     points = torch.tensor(clicks, dtype=torch.float32, device=device).reshape(1, len(clicks), 1, 2)
     labels = torch.ones(1, len(clicks), 1, device=device)
-    return (sam(pixels, points, labels).upscaled()[0, :, 0] > 0).cpu().numpy()
+    with sam.autocast():
+        logits = sam(pixels, points, labels).upscaled()[0, :, 0]
+    return (logits > 0).cpu().numpy()
 
 
 def measure_sam(sam: EfficientSam, scenes: Sequence[Scene], seed: int = SEED) -> MaskFigures:

@@ -127,10 +127,11 @@ class PNPVQA:
         for group in self._groups(questions, evidence):
             with _timed(seconds, "answer"):
                 passages = [group_passages for _, group_passages in group]
-                encoding = self.qa.model.encode(*self.qa.tokenize(passages))
-                answer_ids = self.qa.model.generate(
-                    encoding, num_beams=config.answer_beams, max_new_tokens=config.answer_max_new_tokens
-                )
+                with self.qa.model.autocast():
+                    encoding = self.qa.model.encode(*self.qa.tokenize(passages))
+                    answer_ids = self.qa.model.generate(
+                        encoding, num_beams=config.answer_beams, max_new_tokens=config.answer_max_new_tokens
+                    )
                 for (index, _), text in zip(group, self.qa.decode(answer_ids), strict=True):
                     answers[index] = text
             if config.explain:
@@ -182,7 +183,7 @@ class PNPVQA:
                 weights.repeat_interleave(config.num_captions, dim=0), config.num_patches, generator=generator
             ).reshape(batch, config.num_captions, config.num_patches)
             patches = gather_patches(image_embeds, draws.to(image_embeds.device))
-            with torch.no_grad():
+            with torch.no_grad(), captioner.model.autocast():
                 ids = captioner.model.generate(
                     patches,
                     tokenizer.prompt_ids(prompt, len(patches)).to(image_embeds.device),
@@ -242,7 +243,8 @@ class PNPVQA:
         if one.num_passages == 1:  # nothing to compare with: contributions stay unknown (None)
             return answer_map.reshape(grid)
         answer_ids = answer_ids[None]
-        with_all, without_each = model.leave_one_out_log_probs(one, answer_ids)
+        with model.autocast():
+            with_all, without_each = model.leave_one_out_log_probs(one, answer_ids)
         drops = (with_all - without_each).tolist()
         for passage, drop in enumerate(drops):
             for item in evidence[passage * per_passage : (passage + 1) * per_passage]:

@@ -12,6 +12,7 @@ from fusioncam.cli import options
 if TYPE_CHECKING:
     from fusioncam.demo import DemoPlan, DemoResult
 from fusioncam.cli.common import check_device, check_out_dir, fail, stderr, usage_error
+from fusioncam.cli.loaders import check_precision
 
 
 def demo(
@@ -29,6 +30,7 @@ def demo(
         ),
     ] = False,
     device: options.Device = "auto",
+    precision: options.Precision = "fp32",
     seed: Annotated[int, typer.Option(help="Seed of the generated scene and of VQA's sampling.")] = 0,
 ) -> None:
     """Explain one picture every way fusioncam can: heatmap with a per-word sheet, SAM-refined heatmap and mask,
@@ -50,6 +52,7 @@ def demo(
         raise usage_error("--text goes with --image")
     check_out_dir(out)
     check_device(device)
+    precision = check_precision(precision, device)
     unavailable = None if builtin else _real_models_unavailable(image is None)
     if unavailable is None and not builtin:
         example = image or weights_lib.resolve_file("example-image", "image")
@@ -63,7 +66,7 @@ def demo(
         plan = demo_lib.builtin_plan(out, seed)
     try:
         with stderr.status("explaining …"):
-            result = demo_lib.run_demo(plan, out, device, seed)
+            result = demo_lib.run_demo(plan, out, device, seed, precision)
     except (weights_lib.WeightsError, OSError, ValueError) as error:
         raise fail(error) from None
     _summary(plan, result)

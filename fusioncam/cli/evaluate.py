@@ -32,6 +32,7 @@ def eval_pointing(
     sam_blend: options.SamBlend = "fork",
     limit: options.Limit = None,
     device: options.Device = "auto",
+    precision: options.Precision = "fp32",
     batch_size: options.BatchSize = 16,
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
@@ -50,15 +51,16 @@ def eval_pointing(
         records = read_referring(data)[:limit]
     except ValueError as error:
         raise usage_error(str(error)) from None
-    matcher = load_matcher(model, device, encoder, fusion, sam_model)
+    matcher = load_matcher(model, device, encoder, fusion, sam_model, precision)
     check_block(matcher, block)
-    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend)
+    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend, matcher.precision)
     with progress("pointing", len(records), quiet) as bar:
         try:
             report = evaluate_pointing(matcher, records, block, batch_size, refiner, encoder, bar.advance)
         except ImageDecodeError as error:
             raise fail(error) from None
     summary = report.to_dict() | {"model": matcher.name, "block": block, "data": str(data)}
+    summary["precision"] = matcher.precision
     if jsonl:
         print(json.dumps(summary))
         return
@@ -82,6 +84,7 @@ def eval_itm(
     seed: Annotated[int, typer.Option(help="Seed of the mismatched texts drawn for each pair.")] = 0,
     limit: options.Limit = None,
     device: options.Device = "auto",
+    precision: options.Precision = "fp32",
     batch_size: options.BatchSize = 16,
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
@@ -105,7 +108,7 @@ def eval_itm(
     records = [item for item in items if isinstance(item, Pair)][:limit]
     if not records:
         raise usage_error(f"{data} holds no pairs")
-    matcher = load_matcher(model, device, encoder, fusion, sam_model)
+    matcher = load_matcher(model, device, encoder, fusion, sam_model, precision)
     with progress("matching", len(records), quiet) as bar:
         try:
             report = itm_accuracy(matcher, records, seed, batch_size, bar.advance)
@@ -114,6 +117,7 @@ def eval_itm(
         except ValueError as error:
             raise usage_error(str(error)) from None
     summary = report.to_dict() | {"model": matcher.name, "encoder": encoder, "data": str(data)}
+    summary["precision"] = matcher.precision
     if jsonl:
         print(json.dumps(summary))
         return

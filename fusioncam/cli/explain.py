@@ -47,6 +47,7 @@ def heatmap(
     alpha: options.Alpha = 0.5,
     colormap: options.Colormap = "jet",
     device: options.Device = "auto",
+    precision: options.Precision = "fp32",
     batch_size: options.BatchSize = 8,
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
@@ -74,9 +75,9 @@ def heatmap(
     device = check_device(device)
     inputs, total = pair_inputs(image, text or [], pairs, recursive)
     check_out_dir(out)
-    matcher = load_matcher(model, device, encoder, fusion, sam_model)
+    matcher = load_matcher(model, device, encoder, fusion, sam_model, precision)
     check_block(matcher, block)
-    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend)
+    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend, matcher.precision)
     run = run_info(matcher, fusion, itm=model, **({"sam": sam_preset_name(sam_model)} if encoder != "blip" else {}))
     settings = RunSettings.for_out(out, resume, shard, workers)
     sam_options = {"points": points, "sam_labels": sam_labels, "sam_mask": sam_mask, "sam_blend": sam_blend}
@@ -110,6 +111,7 @@ def segment(
     sam_mask: options.SamMask = "first",
     out: options.Out = Path("fusioncam-out"),
     device: options.Device = "auto",
+    precision: options.Precision = "fp32",
     batch_size: options.BatchSize = 8,
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
@@ -130,9 +132,9 @@ def segment(
     device = check_device(device)
     inputs, total = pair_inputs(image, text or [], pairs, recursive)
     check_out_dir(out)
-    matcher = load_matcher(model, device)
+    matcher = load_matcher(model, device, precision=precision)
     check_block(matcher, block)
-    refiner = refiner_for("esam", sam_model, device, points, sam_labels, sam_mask)
+    refiner = refiner_for("esam", sam_model, device, points, sam_labels, sam_mask, precision=matcher.precision)
     assert refiner is not None
     run = run_info(matcher, None, itm=model, sam=sam_preset_name(sam_model))
     settings = RunSettings.for_out(out, resume, shard, workers)
@@ -186,6 +188,7 @@ def vqa(
     alpha: options.Alpha = 0.5,
     colormap: options.Colormap = "jet",
     device: options.Device = "auto",
+    precision: options.Precision = "fp32",
     batch_size: Annotated[int, typer.Option(min=1, help="Questions answered together.")] = 4,
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
@@ -218,11 +221,11 @@ def vqa(
     device = check_device(device)
     inputs, total = pair_inputs(image, question or [], pairs, recursive, text_key="question")
     check_out_dir(out)
-    matcher = load_matcher(model, device, encoder, fusion, sam_model)
+    matcher = load_matcher(model, device, encoder, fusion, sam_model, precision)
     check_block(matcher, block)
-    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend)
-    captioner = loading(caption_model, load_captioner, caption_model, device=device)
-    answerer = loading(qa_model, load_qa, qa_model, device=device)
+    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend, matcher.precision)
+    captioner = loading(caption_model, load_captioner, caption_model, device=device, precision=matcher.precision)
+    answerer = loading(qa_model, load_qa, qa_model, device=device, precision=matcher.precision)
     grid = matcher.model.grid_size
     config = VQAConfig(
         block=block,
@@ -262,6 +265,7 @@ def score(
     recursive: options.Recursive = False,
     model: options.Model = "blip-itm-base",
     device: options.Device = "auto",
+    precision: options.Precision = "fp32",
     batch_size: options.BatchSize = 32,
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
@@ -281,7 +285,7 @@ def score(
 
     device = check_device(device)
     inputs, total = pair_inputs(image, texts or [], pairs, recursive)
-    matcher = load_matcher(model, device)
+    matcher = load_matcher(model, device, precision=precision)
     run = run_info(matcher, None, itm=model)
     task = ScoreTask(matcher, run, on_truncated=warn_truncated, options={"weights": run["weights"]})
     settings = RunSettings(shard=parse_shard(shard), workers=workers)

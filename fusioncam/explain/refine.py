@@ -278,7 +278,8 @@ def embed_images(
     results: dict[int, SamImage] = {}
     for prompt_size, indices in groups.items():
         batch = torch.stack([shrunk[i] for i in indices]).to(parameter.device, parameter.dtype)
-        embeddings = sam.embed(batch).embeddings
+        with sam.autocast():
+            embeddings = sam.embed(batch).embeddings
         for index, embedding in zip(indices, embeddings, strict=True):
             results[index] = SamImage(embedding, _size(pixels[index]), prompt_size)
     return [results[index] for index in range(len(pixels))]
@@ -417,13 +418,14 @@ def _refine_group(
     pixels = prompts.to_pixels(prompt_size)
     sam_labels = prompts.label_weights if labels == "fork" else torch.ones_like(prompts.label_weights)
     embedding = ImageEmbedding(torch.stack([image.embedding for image in images]), prompt_size)
-    prediction = sam.predict(
-        embedding, pixels.to(parameter.device, parameter.dtype), sam_labels.to(parameter.device, parameter.dtype)
-    )
-    ious = prediction.iou_predictions
+    with sam.autocast():
+        prediction = sam.predict(
+            embedding, pixels.to(parameter.device, parameter.dtype), sam_labels.to(parameter.device, parameter.dtype)
+        )
+    ious = prediction.iou_predictions.float()  # ranked and thresholded below: in float32 whatever the precision
     choice = ious.argmax(-1) if mask_choice == "best-iou" else torch.zeros_like(ious[..., 0], dtype=torch.int64)
     side = prediction.low_res_masks.shape[-1]
-    chosen = prediction.low_res_masks.gather(2, choice[:, :, None, None, None].expand(-1, -1, 1, side, side))
+    chosen = prediction.low_res_masks.gather(2, choice[:, :, None, None, None].expand(-1, -1, 1, side, side)).float()
     iou = ious.gather(2, choice[:, :, None])[..., 0]
     # The fork blends the mask at the size SAM was prompted at; the user gets it at the image's own size.
     logits = MaskPrediction(chosen, iou, prompt_size).upscaled()[:, :, 0]

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusioncam.models.layers import Mlp
+from fusioncam.precision import widened
 
 # BLIP's additive mask value for padded keys. Not -inf: the original adds -10000, and so do we, so that
 # softmax weights on padding are tiny but identical to the reference.
@@ -96,7 +97,9 @@ class MultiHeadAttention(nn.Module):
         k, v = keys_values
         probs = None
         if probe:
-            scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+            # In float32 whatever the precision: these probabilities are the Grad-CAM map itself, and their
+            # gradient (the other factor) is taken with respect to them.
+            scores = widened(q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
             if mask is not None:
                 scores = scores + mask
             probs = scores.softmax(dim=-1).detach().requires_grad_(True)

@@ -20,7 +20,7 @@ from fusioncam.models.architectures import architecture
 from fusioncam.models.bert import DecoderCache, TextConfig, TextDecoder, TextEncoder, TextEncoderOutput
 from fusioncam.models.config import merge_config
 from fusioncam.models.decoding import DecodingConfig, decode
-from fusioncam.models.layers import Model
+from fusioncam.models.layers import FullPrecisionLinear, Model
 from fusioncam.models.vit import VisionConfig, VisionTransformer
 
 
@@ -70,13 +70,17 @@ class BlipITM(Model):
         self.config = config
         self.vision_encoder = VisionTransformer(config.vision)
         self.text_encoder = TextEncoder(config.text)
-        self.vision_proj = nn.Linear(config.vision.width, config.embed_dim)
-        self.text_proj = nn.Linear(config.text.hidden_size, config.embed_dim)
-        self.itm_head = nn.Linear(config.text.hidden_size, 2)
+        self.vision_proj = FullPrecisionLinear(config.vision.width, config.embed_dim)
+        self.text_proj = FullPrecisionLinear(config.text.hidden_size, config.embed_dim)
+        self.itm_head = FullPrecisionLinear(config.text.hidden_size, 2)
 
     @property
     def grid_size(self) -> tuple[int, int]:
         return self.vision_encoder.grid_size
+
+    def inference_only(self) -> list[nn.Module]:
+        """The ViT: Grad-CAM differentiates the text tower from the probed block on, never the image encoder."""
+        return [self.vision_encoder]
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalized pixels [B, 3, S, S] → image tokens [B, 1 + N, Dv]."""

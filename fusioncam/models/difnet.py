@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusioncam.precision import widened
+
 
 @dataclass
 class DifnetConfig:
@@ -107,7 +109,8 @@ class SelfAttention(nn.Module):
         v = self.value(x).view(batch, tokens, self.heads, self.d_v).transpose(1, 2)
         # Written out rather than F.scaled_dot_product_attention: some of its kernels return zeros instead of the
         # original's NaN for a row with every key masked, and this is what the reference fixture was made with.
-        scores = (q @ k.transpose(-1, -2) / math.sqrt(self.d_k)).masked_fill(padding, float("-inf"))
+        # The softmax in float32 under any precision (its input, a bf16 product, is promoted first).
+        scores = (widened(q @ k.transpose(-1, -2)) / math.sqrt(self.d_k)).masked_fill(padding, float("-inf"))
         probs = F.dropout(scores.softmax(dim=-1), self.attention_dropout, self.training)
         return self.out((probs @ v).transpose(1, 2).reshape(batch, tokens, self.heads * self.d_v))
 

@@ -152,6 +152,10 @@ class BlipFusionITM(Model):
     def grid_size(self) -> tuple[int, int]:
         return self.blip.grid_size
 
+    def inference_only(self) -> list[nn.Module]:
+        """BLIP's ViT and the fusion: both make the image tokens, which Grad-CAM never differentiates."""
+        return [self.blip.vision_encoder, self.fusion]
+
     def encode_image(self, pixels: torch.Tensor, sam_embedding: torch.Tensor) -> torch.Tensor:
         """BLIP-normalized pixels [B, 3, S, S] + their SAM embeddings [B, C, h, w] → fused tokens [B, 1 + N, Dv].
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fusioncam.choices import Precision
+from fusioncam.precision import autocast, full_precision, quantize_linears, widened
 
 
 class Model(nn.Module):
@@ -14,9 +19,42 @@ class Model(nn.Module):
     reaching for a particular parameter of each architecture.
     """
 
+    precision: Precision = "fp32"
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def inference_only(self) -> list[nn.Module]:
+        """The parts no gradient ever flows through, which `int8` may quantise; Grad-CAM models leave out the text
+        tower its gradient runs back through."""
+        return [self]
+
+    def set_precision(self, precision: Precision) -> None:
+        """Run in `precision` from now on (see `fusioncam.precision`); weights stay float32 except under `int8`,
+        which quantises `inference_only()` in place and cannot be undone."""
+        if self.precision == "int8" and precision != "int8":
+            raise ValueError("an int8 model cannot be turned back: load it again")
+        if precision == "int8" and self.precision != "int8":
+            for part in self.inference_only():
+                quantize_linears(part)
+        self.precision = precision
+
+    def autocast(self) -> AbstractContextManager[object]:
+        """The context the model's forward passes run in for its precision; callers enter it around them."""
+        return autocast(self.precision, self.device)
+
+
+class FullPrecisionLinear(nn.Linear):
+    """A linear layer that computes in float32 under any precision: the ITM and ITC heads, whose outputs are
+    probabilities and cosines compared across runs, so rounding them to 8 mantissa bits would be visible.
+
+    Same parameters (and checkpoint keys) as `nn.Linear`; identical to it in float32.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with full_precision(x.device):
+            return F.linear(widened(x), widened(self.weight), None if self.bias is None else widened(self.bias))
 
 
 class Mlp(nn.Module):
