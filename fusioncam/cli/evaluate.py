@@ -1,4 +1,5 @@
-"""`fusioncam eval pointing|itm`: how well heatmaps localise, how well ITM tells true pairs from false ones."""
+"""`fusioncam eval pointing|itm|vqa|gqa`: how well heatmaps localise, how well ITM tells true pairs from false ones,
+and how well answers score on VQAv2, OK-VQA and GQA by the published metrics."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ from typing import Annotated, Literal
 import typer
 
 from fusioncam.cli import options
-from fusioncam.cli.common import fail, print_table, progress, usage_error
+from fusioncam.cli.common import fail, print_table, progress, usage_error, warn
 from fusioncam.cli.loaders import check_block, load_matcher, refiner_for
 
-app = typer.Typer(help="Measure how well heatmaps localise and how well ITM matches.", no_args_is_help=True)
+app = typer.Typer(
+    help="Measure how well heatmaps localise, how well ITM matches, and score VQA and GQA answers.",
+    no_args_is_help=True,
+)
+
+Report = Annotated[
+    Path | None,
+    typer.Option(help='Write {"overall", per-type figures, "per_question": {"<question id>": percent}} as JSON here.'),
+]
 
 
 @app.command("pointing")
@@ -126,3 +135,133 @@ def eval_itm(
         [[encoder, str(report.count), f"{report.accuracy:.3f}", f"{report.positive:.3f}", f"{report.negative:.3f}"]],
         title=str(data),
     )
+
+
+@app.command("vqa")
+def eval_vqa(
+    annotations: Annotated[
+        Path,
+        typer.Option(help="Annotations file of the split, e.g. v2_mscoco_val2014_annotations.json (VQAv2, OK-VQA)."),
+    ],
+    predictions: Annotated[Path, typer.Option(help='Results file: [{"question_id": int, "answer": str}, …].')],
+    questions: Annotated[
+        Path | None,
+        typer.Option(help="Questions file of the split; when given, the annotations are checked to belong to it."),
+    ] = None,
+    script: Annotated[
+        Literal["2016", "2021"],
+        typer.Option(
+            help="Version of the official vqaEval.py: 2016, the one LAVIS ships and BLIP/PNP-VQA figures used; "
+            "2021, the VQA repository's current one (cleans answers only when the ten humans disagree)."
+        ),
+    ] = "2016",
+    report: Report = None,
+    jsonl: options.Jsonl = False,
+) -> None:
+    """VQA accuracy of a results file, as the official VQA evaluation script computes it (no model runs).
+
+    Overall and per answer type, in percent rounded to two decimals. The official script refuses a results file
+    that does not answer every annotated question; here the unanswered ones are counted, warned about and left
+    out of every figure, which is then comparable with published ones only when that count is 0. An answer to a
+    question that is not annotated is an error.
+
+    Example: fusioncam eval vqa --annotations v2_mscoco_val2014_annotations.json --predictions results.json
+    """
+    from fusioncam.datasets import read_vqa_annotations, read_vqa_predictions, read_vqa_questions
+    from fusioncam.vqa_accuracy import score_vqa
+
+    _check_report(report)
+    try:
+        asked = read_vqa_questions(questions) if questions is not None else None
+        scores = score_vqa(read_vqa_annotations(annotations, asked), read_vqa_predictions(predictions), script)
+    except ValueError as error:
+        raise usage_error(str(error)) from None
+    _warn_unanswered(len(scores.unanswered), len(scores.per_question), annotations, predictions)
+    result = scores.to_dict()
+    _write_report(report, result)
+    if jsonl:
+        _print_summary(result, script=script, annotations=str(annotations), predictions=str(predictions))
+        return
+    counts = scores.answer_type_counts
+    rows = [[name, str(counts[name]), f"{scores.per_answer_type[name]:.2f}"] for name in sorted(counts)]
+    print_table(
+        ["answer type", "questions", "accuracy"],
+        [*rows, ["overall", str(len(scores.per_question)), f"{scores.overall:.2f}"]],
+        title=str(predictions),
+    )
+
+
+@app.command("gqa")
+def eval_gqa(
+    questions: Annotated[
+        Path, typer.Option(help="GQA question file with answers, e.g. testdev_balanced_questions.json.")
+    ],
+    predictions: Annotated[
+        Path, typer.Option(help='[{"questionId", "prediction"}, …] (GQA\'s format) or [{"question_id", "answer"}, …].')
+    ],
+    report: Report = None,
+    jsonl: options.Jsonl = False,
+) -> None:
+    """GQA accuracy of a predictions file (no model runs): exact match with the answer after cleaning the
+    prediction as the VQA script does, as LAVIS scores generated answers (GQA's own script compares raw strings).
+
+    Overall, and for binary and open questions and per structural type when the file types its questions.
+    Questions without a prediction are counted, warned about and left out (GQA's script refuses such a file);
+    a prediction for a question not in the file is an error.
+
+    Example: fusioncam eval gqa --questions testdev_balanced_questions.json --predictions predictions.json
+    """
+    from fusioncam.datasets import read_gqa_predictions, read_gqa_questions
+    from fusioncam.vqa_accuracy import score_gqa
+
+    _check_report(report)
+    try:
+        scores = score_gqa(read_gqa_questions(questions), read_gqa_predictions(predictions))
+    except ValueError as error:
+        raise usage_error(str(error)) from None
+    _warn_unanswered(len(scores.unanswered), len(scores.per_question), questions, predictions)
+    result = scores.to_dict()
+    _write_report(report, result)
+    if jsonl:
+        _print_summary(result, questions_file=str(questions), predictions=str(predictions))
+        return
+    kinds = [[name, str(scores.kind_counts[name]), f"{scores.per_kind[name]:.2f}"] for name in sorted(scores.per_kind)]
+    types = [
+        [f"type {name}", str(scores.structural_type_counts[name]), f"{scores.per_structural_type[name]:.2f}"]
+        for name in sorted(scores.per_structural_type)
+    ]
+    print_table(
+        ["questions", "count", "accuracy"],
+        [*kinds, *types, ["overall", str(len(scores.per_question)), f"{scores.overall:.2f}"]],
+        title=str(predictions),
+    )
+
+
+def _check_report(report: Path | None) -> None:
+    """A report that cannot be written fails before any file is read, not after the scoring."""
+    if report is not None and not report.parent.is_dir():
+        raise usage_error(f"--report {report}: its folder {report.parent} does not exist")
+
+
+def _warn_unanswered(unanswered: int, scored: int, questions: Path, predictions: Path) -> None:
+    if unanswered:
+        warn(
+            f"{unanswered} of {unanswered + scored} questions in {questions} have no prediction in {predictions}; "
+            f"the figures are over the {scored} that have one"
+        )
+
+
+def _write_report(report: Path | None, data: dict[str, object]) -> None:
+    from fusioncam.files import write_json
+
+    if report is None:
+        return
+    try:
+        write_json(report, data)
+    except OSError as error:
+        raise fail(f"--report {report} cannot be written: {error.strerror or error}") from None
+
+
+def _print_summary(result: dict[str, object], **sources: str) -> None:
+    """The --jsonl line: every figure but the per-question ones (those go to --report), and the files scored."""
+    print(json.dumps({key: value for key, value in result.items() if key != "per_question"} | sources))

@@ -1,0 +1,31 @@
+"""Readers for question-answering datasets in the layouts their publishers ship, and for results files.
+
+One module per family: `vqa` (VQAv2 and OK-VQA: a questions file and an annotations file per split, COCO images
+named by id) and `gqa` (GQA's balanced question files). Each reader checks the fields it needs and fails with a
+`DatasetError` naming the file, the record and what is missing, so that a wrong file (test questions given as
+annotations, an older release) is told apart from a damaged one before anything is scored. Nothing here needs torch.
+"""
+
+from fusioncam.datasets.gqa import GqaQuestion, read_gqa_predictions, read_gqa_questions
+from fusioncam.datasets.json_fields import DatasetError
+from fusioncam.datasets.vqa import (
+    VqaAnnotation,
+    VqaQuestion,
+    coco_image_path,
+    read_vqa_annotations,
+    read_vqa_predictions,
+    read_vqa_questions,
+)
+
+__all__ = [
+    "DatasetError",
+    "GqaQuestion",
+    "VqaAnnotation",
+    "VqaQuestion",
+    "coco_image_path",
+    "read_gqa_predictions",
+    "read_gqa_questions",
+    "read_vqa_annotations",
+    "read_vqa_predictions",
+    "read_vqa_questions",
+]
