@@ -1,12 +1,14 @@
 """Time per question of PNP-VQA, by stage, on random-weight models (no download).
 
     .venv/bin/python benchmarks/bench_vqa.py --size real --num-captions 100
+    .venv/bin/python benchmarks/bench_vqa.py --size real --num-captions 100 --precision bf16
     .venv/bin/python benchmarks/bench_vqa.py --size tiny
 
 `real` builds BLIP ITM large + BLIP caption large + UnifiedQA-T5 base at their official sizes (what PNP-VQA base
 runs), `tiny` small stand-ins. Tokenizers are stand-ins too (a made-up WordPiece vocabulary of the real size, a
 small SentencePiece model): they change which tokens appear, not how long the models compute. Random captioners
-rarely stop early, so captions run to the maximum length: an upper bound of the decoding time.
+rarely stop early, so captions run to the maximum length, and so do answers (19 tokens, where real ones have a
+few): an upper bound of the decoding and explanation time.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from fusioncam.api import BlipMatcher, Captioner, QuestionAnswerer
+from fusioncam.choices import PRECISIONS, Precision
 from fusioncam.images import blip_transform
 from fusioncam.models.bert import TextConfig
 from fusioncam.models.blip import BlipCaption, BlipCaptionConfig, BlipITM, BlipITMConfig
@@ -81,7 +84,9 @@ def make_t5_tokenizer(folder: Path):
     return T5Tokenizer.from_pretrained(str(folder))
 
 
-def build(size: str, folder: Path, device: torch.device) -> tuple[BlipMatcher, Captioner, QuestionAnswerer]:
+def build(
+    size: str, folder: Path, device: torch.device, precision: Precision
+) -> tuple[BlipMatcher, Captioner, QuestionAnswerer]:
     torch.manual_seed(0)
     if size == "real":
         itm_config, caption_config = BlipITMConfig.preset("large"), BlipCaptionConfig.preset("large")
@@ -95,10 +100,15 @@ def build(size: str, folder: Path, device: torch.device) -> tuple[BlipMatcher, C
         )
     tokenizer = BlipTokenizer(make_vocab(folder, itm_config.text.vocab_size - 2), max_length=35)
     transform = blip_transform(itm_config.vision.image_size)
-    matcher = BlipMatcher(BlipITM(itm_config), tokenizer, transform, "itm", device)
+    matcher = BlipMatcher(BlipITM(itm_config), tokenizer, transform, "itm", device, precision=precision)
     caption_model = BlipCaption(caption_config).to(device).eval().requires_grad_(False)
+    caption_model.set_precision(precision)
     captioner = Captioner(caption_model, tokenizer, transform, "caption")
-    answerer = QuestionAnswerer(qa.to(device).eval().requires_grad_(False), make_t5_tokenizer(folder), "qa")
+    with torch.no_grad():  # else the random answerer writes only pad tokens: an empty answer, nothing to explain
+        qa.model.shared.weight[qa.pad_token_id] = 0.0
+    qa = qa.to(device).eval().requires_grad_(False)
+    qa.set_precision(precision)
+    answerer = QuestionAnswerer(qa, make_t5_tokenizer(folder), "qa")
     return matcher, captioner, answerer
 
 
@@ -107,13 +117,14 @@ def main() -> None:
     parser.add_argument("--size", default="tiny", choices=["tiny", "real"])
     parser.add_argument("--num-captions", type=int, default=100)
     parser.add_argument("--questions", type=int, default=1, help="questions answered together")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="of all three models")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        matcher, captioner, answerer = build(args.size, Path(folder), device)
-        print(f"built {args.size} models in {time.perf_counter() - start:.1f} s on {device}")
+        matcher, captioner, answerer = build(args.size, Path(folder), device, args.precision)
+        print(f"built {args.size} {args.precision} models in {time.perf_counter() - start:.1f} s on {device}")
         block = min(7, matcher.num_blocks - 1)  # PNP-VQA reads block 7 of 12
         pipeline = PNPVQA(matcher, captioner, answerer, VQAConfig(block=block, num_captions=args.num_captions))
         image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)

@@ -7,6 +7,7 @@ UnifiedQA-T5 with Fusion-in-Decoder reads "question \\n captions" passages → a
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ def gather_patches(image_embeds: torch.Tensor, patch_ids: torch.Tensor) -> torch
     batch, captions, patches = patch_ids.shape
     index = (patch_ids + 1).sort(dim=-1).values.reshape(batch, captions * patches)
     gathered = image_embeds.gather(1, index[..., None].expand(-1, -1, image_embeds.shape[-1]))
-    return gathered.reshape(batch * captions, patches, -1)
+    return gathered.reshape(batch * captions, patches, image_embeds.shape[-1])
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class PNPVQA:
         for group in self._groups(questions, evidence):
             with _timed(seconds, "answer"):
                 passages = [group_passages for _, group_passages in group]
-                with self.qa.model.autocast():
+                with torch.inference_mode(), self.qa.model.autocast():
                     encoding = self.qa.model.encode(*self.qa.tokenize(passages))
                     answer_ids = self.qa.model.generate(
                         encoding, num_beams=config.answer_beams, max_new_tokens=config.answer_max_new_tokens
@@ -158,13 +159,19 @@ class PNPVQA:
         gradcams: torch.Tensor,
         generator: torch.Generator | None,
     ) -> list[list[Evidence]]:
-        """Sample patch sets from each question's heatmap and caption them until enough distinct captions."""
+        """Sample patch sets from each question's heatmap and caption them until enough distinct captions.
+
+        LAVIS samples `num_captions` captions per question in every round; here a later round samples, for each
+        question still short, what its last round's yield says it needs (`_round_size`). Each caption is an
+        independent draw and a question keeps the first distinct ones in order, so this keeps the same captions in
+        distribution, without decoding a full batch to fill a few slots (a round is most of this stage's time).
+        The first round's draws are LAVIS's.
+        """
         config, captioner = self.config, self.captioner
         distinct, rows = distinct_images(images, keys)
         image_embeds = captioner.embed_images(distinct)
         image_embeds = image_embeds[rows.to(image_embeds.device)]
         weights = _sampling_weights(gradcams, config.num_patches).to(image_embeds.device)
-        batch = len(images)
         decoding = DecodingConfig(
             strategy="sample",
             max_length=config.caption_max_length,
@@ -175,15 +182,25 @@ class PNPVQA:
         )
         tokenizer = captioner.tokenizer
         prompt = captioner.model.config.prompt
-        kept: list[list[str]] = [[] for _ in range(batch)]
-        patches_of: list[dict[str, list[int]]] = [{} for _ in range(batch)]
+        kept: list[list[str]] = [[] for _ in images]
+        patches_of: list[dict[str, list[int]]] = [{} for _ in images]
+        wanted = [config.num_captions for _ in images]
         for _ in range(config.max_caption_rounds):
-            # One draw of `num_patches` patches per caption slot and question, without replacement.
+            if not any(wanted):
+                break
+            # `wanted[i]` draws of `num_patches` patches for question i, each without replacement.
             draws = torch.multinomial(
-                weights.repeat_interleave(config.num_captions, dim=0), config.num_patches, generator=generator
-            ).reshape(batch, config.num_captions, config.num_patches)
-            patches = gather_patches(image_embeds, draws.to(image_embeds.device))
-            with torch.no_grad(), captioner.model.autocast():
+                weights.repeat_interleave(torch.tensor(wanted, device=weights.device), dim=0),
+                config.num_patches,
+                generator=generator,
+            ).split(wanted)
+            patches = torch.cat(
+                [
+                    gather_patches(image_embeds[image : image + 1], image_draws[None].to(image_embeds.device))
+                    for image, image_draws in enumerate(draws)
+                ]
+            )
+            with torch.inference_mode(), captioner.model.autocast():
                 ids = captioner.model.generate(
                     patches,
                     tokenizer.prompt_ids(prompt, len(patches)).to(image_embeds.device),
@@ -193,19 +210,19 @@ class PNPVQA:
                     generator,
                 )
             decoded = tokenizer.decode(ids)
-            kept_before = [list(captions) for captions in kept]
-            kept = add_new_captions(kept, decoded, prompt, config.num_captions)
-            for image in range(batch):
-                for caption in kept[image][len(kept_before[image]) :]:
-                    slot = next(
-                        k
-                        for k in range(config.num_captions)
-                        if decoded[image * config.num_captions + k][len(prompt) :] == caption
-                    )
-                    patches_of[image][caption] = sorted(draws[image, slot].tolist())
-            if min(len(captions) for captions in kept) >= config.num_captions:
-                break
-        return [[Evidence(caption, patches_of[image][caption]) for caption in kept[image]] for image in range(batch)]
+            first = 0
+            for image, image_draws in enumerate(draws):
+                outputs, first = decoded[first : first + len(image_draws)], first + len(image_draws)
+                before = len(kept[image])
+                kept[image] = add_new_captions([kept[image]], outputs, prompt, config.num_captions)[0]
+                captions = [output[len(prompt) :] for output in outputs]
+                for caption in kept[image][before:]:
+                    patches_of[image][caption] = sorted(image_draws[captions.index(caption)].tolist())
+                missing, found = config.num_captions - len(kept[image]), len(kept[image]) - before
+                wanted[image] = _round_size(missing, found, len(outputs), config.num_captions)
+        return [
+            [Evidence(caption, patches_of[image][caption]) for caption in kept[image]] for image in range(len(images))
+        ]
 
     def _groups(self, questions: Sequence[str], evidence: list[list[Evidence]]) -> list[list[tuple[int, list[str]]]]:
         """Questions with their passages, grouped by passage count (FiD batches need one count per batch)."""
@@ -243,7 +260,7 @@ class PNPVQA:
         if one.num_passages == 1:  # nothing to compare with: contributions stay unknown (None)
             return answer_map.reshape(grid)
         answer_ids = answer_ids[None]
-        with model.autocast():
+        with torch.inference_mode(), model.autocast():
             with_all, without_each = model.leave_one_out_log_probs(one, answer_ids)
         drops = (with_all - without_each).tolist()
         for passage, drop in enumerate(drops):
@@ -252,6 +269,18 @@ class PNPVQA:
                 if drop > 0:
                     answer_map[item.patches] += drop
         return answer_map.reshape(grid)
+
+
+def _round_size(missing: int, found: int, drawn: int, limit: int) -> int:
+    """Draws for a question's next caption round: none once it has all its captions, else twice what its last
+    round's yield (`found` new captions from `drawn` draws) says the `missing` ones take, at most `limit`.
+
+    The margin covers the yield falling as captions accumulate (more draws repeat one), so that one round usually
+    completes a question, and a captioner that mostly repeats itself still gets full rounds, as in LAVIS.
+    """
+    if missing == 0:
+        return 0
+    return min(limit, math.ceil(2 * missing * drawn / max(found, 1)))
 
 
 def _sampling_weights(gradcams: torch.Tensor, num_patches: int) -> torch.Tensor:

@@ -16,8 +16,9 @@ from transformers.generation.logits_process import (
 )
 
 from fusioncam.checkpoints import load_blip_caption_weights
+from fusioncam.models import blip
 from fusioncam.models.blip import BlipCaption, BlipCaptionConfig
-from fusioncam.models.decoding import DecodingConfig, adjust_scores, beam_search, filter_top_k_top_p
+from fusioncam.models.decoding import DecodingConfig, adjust_scores, autocast_weights, beam_search, filter_top_k_top_p
 
 TINY = {
     "vision_config": {
@@ -263,3 +264,26 @@ def test_top_k_sampling_draws_from_the_filtered_distribution() -> None:
     assert set(draws.tolist()) <= {0, 1, 3}  # the three best
     nucleus = sample_tokens(logits, top_k=0, top_p=0.5, generator=torch.Generator().manual_seed(1))
     assert set(nucleus.tolist()) <= {0, 3}  # the smallest set holding half the mass
+
+
+def test_bf16_decoding_casts_the_weights_once_to_autocasts_values(pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 decoding casts the decoder's weights once per caption batch, not once per token: the same logits."""
+    _, ours = pair
+    torch.manual_seed(6)
+    embeds = ours.encode_image(torch.randn(2, 3, 64, 64))
+    prompt = torch.tensor([[48, 7, 9, 11], [48, 21, 22, 3]])
+    first_step: list[torch.Tensor] = []
+
+    def decode_one_step(next_logits, reorder, start_ids: torch.Tensor, *args) -> torch.Tensor:
+        first_step.append(next_logits(start_ids))
+        return start_ids
+
+    monkeypatch.setattr(blip, "decode", decode_one_step)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ours.generate(embeds, prompt, eos_id=3, pad_id=0, config=DecodingConfig())
+        expected = ours.logits(embeds, prompt, torch.ones_like(prompt))[:, -1].float()
+        weights = autocast_weights(ours.text_decoder)
+    assert torch.equal(first_step[0], expected)
+    assert weights and all(weight.dtype == torch.bfloat16 for weight in weights.values())
+    assert "bert.embeddings.word_embeddings.weight" not in weights  # the embedding reads float32
+    assert autocast_weights(ours.text_decoder) == {}

@@ -6,6 +6,7 @@ random T5 (and the real-size layout built on the meta device).
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from fusioncam.checkpoints import T5_TIED_KEYS, CheckpointError, load_t5_weights
+from fusioncam.models.decoding import autocast_weights
 from fusioncam.models.t5_fid import FiDEncoding, FusionInDecoderQA, t5_config
 
 TINY = {"vocab_size": 64, "d_model": 32, "d_kv": 8, "d_ff": 48, "num_layers": 2, "num_heads": 4}
@@ -232,3 +234,37 @@ def test_leave_one_out_equals_encoding_without_each_passage() -> None:
         slow = torch.cat([qa.answer_log_prob(encoding.without_passage(i), answer) for i in range(5)])
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(with_all, qa.answer_log_prob(encoding, answer), atol=1e-5, rtol=1e-5)
+
+
+def test_leave_one_out_skips_answer_padding_and_any_chunking_agrees(qa: FusionInDecoderQA) -> None:
+    """Padding after the answer (a batch's shorter answers) counts nothing; the removals per pass change nothing."""
+    ids, mask = _passages(1, 6, 8)
+    with torch.no_grad():
+        encoding = qa.encode(ids, mask)
+        answer = qa.generate(encoding, max_new_tokens=4)[:, 1:]
+        padded = torch.cat([answer, torch.zeros(1, 3, dtype=torch.long)], dim=1)
+        with_all, without = qa.leave_one_out_log_probs(encoding, padded)
+        for chunk in (1, 4):
+            expected = qa.leave_one_out_log_probs(encoding, answer, chunk=chunk)
+            torch.testing.assert_close((with_all, without), expected, rtol=0, atol=1e-6)
+        slow = torch.cat([qa.answer_log_prob(encoding.without_passage(i), answer) for i in range(6)])
+    torch.testing.assert_close(without, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_half_precision_on_cpu_uses_plain_attention_and_casts_the_weights_once(qa: FusionInDecoderQA) -> None:
+    """bf16 decoding passes the linear weights cast once; the tied LM head stays with the embedding, in float32."""
+    model = copy.deepcopy(qa)
+    model.set_precision("bf16")
+    assert model.model.config._attn_implementation == "eager"
+    ids, mask = _passages(2, 3, 8)
+    with torch.no_grad(), model.autocast():
+        encoding = model.encode(ids, mask)
+        decoder_ids = model.generate(encoding, max_new_tokens=4)
+        weights = autocast_weights(model.model)
+        assert weights and "lm_head.weight" not in weights
+        assert all(weight.dtype == torch.bfloat16 for weight in weights.values())
+        cast_once = model.logits(encoding, decoder_ids, weights=weights)
+        assert torch.equal(cast_once, model.logits(encoding, decoder_ids))
+    assert autocast_weights(model.model) == {}
+    model.set_precision("fp32")
+    assert model.model.config._attn_implementation == "sdpa"

@@ -19,7 +19,7 @@ from torch import nn
 from fusioncam.models.architectures import architecture
 from fusioncam.models.bert import DecoderCache, TextConfig, TextDecoder, TextEncoder, TextEncoderOutput
 from fusioncam.models.config import merge_config
-from fusioncam.models.decoding import DecodingConfig, decode
+from fusioncam.models.decoding import DecodingConfig, autocast_dtype, autocast_weights, decode
 from fusioncam.models.layers import FullPrecisionLinear, Model
 from fusioncam.models.vit import VisionConfig, VisionTransformer
 
@@ -183,10 +183,21 @@ class BlipCaption(Model):
         """
         cache = self.text_decoder.new_cache()
         context = image_embeds.repeat_interleave(config.rows_per_sample, dim=0)
+        decoder = self.text_decoder
+        text_weights, head_weights = autocast_weights(decoder.bert), autocast_weights(decoder.lm_head)
+        # The LM head multiplies by the word-embedding matrix, which the embedding also reads: cast here, once, for
+        # the head alone (the embedding keeps reading float32), as `autocast_weights` does for the linear layers.
+        dtype = autocast_dtype(context.device)
+        head_matrix = decoder.bert.embeddings.word_embeddings.weight
+        head_matrix = head_matrix if dtype is None else head_matrix.to(dtype)
 
         def next_logits(sequences: torch.Tensor) -> torch.Tensor:
             uncached = sequences[:, cache.length :]  # the prompt on the first step, then the token just chosen
-            return self.logits(context, uncached, torch.ones_like(sequences), cache)[:, -1].float()
+            inputs = (uncached, torch.ones_like(sequences), context)
+            text = torch.func.functional_call(decoder.bert, text_weights, inputs, {"causal": True, "cache": cache})
+            logits = torch.func.functional_call(decoder.lm_head, head_weights, (text.last_hidden_state, head_matrix))
+            # Float32 whatever the precision: the minimum length, penalties and top-k act on these scores.
+            return logits[:, -1].float()
 
         return decode(next_logits, cache.reorder, prompt_ids, eos_id, pad_id, config, generator)
 

@@ -20,12 +20,16 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from transformers import T5Config, T5ForConditionalGeneration
-from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.t5.modeling_t5 import T5LayerCrossAttention, T5LayerFF, T5LayerSelfAttention
 
+from fusioncam.choices import Precision
 from fusioncam.models.architectures import architecture
-from fusioncam.models.decoding import Reorder, beam_search, token_by_token
+from fusioncam.models.decoding import Reorder, autocast_weights, beam_search, token_by_token
 from fusioncam.models.layers import Model
 
 # T5 v1.0 base, which UnifiedQA-v2 base is (LAVIS's pnp-vqa unifiedqav2_base config); the other sizes are entries
@@ -51,6 +55,11 @@ _DEFAULTS: dict[str, Any] = {
 
 # LAVIS's PNP-VQA answers with `max_length=20`, which counts the decoder start token.
 DEFAULT_MAX_NEW_TOKENS = 19
+
+# Answer tokens the leave-one-out decoder takes per pass, over all removals: enough for large matrix products
+# (1024 rows made a 100-passage explanation 15 % faster than 320 on CPU), few enough for the LM head's
+# [rows, vocab] float32 log-softmax to stay small (130 MB for T5's vocabulary).
+_ROWS_PER_PASS = 1024
 
 
 def t5_config(preset: str, **overrides: Any) -> T5Config:
@@ -102,6 +111,15 @@ class FusionInDecoderQA(Model):
         """An untrained model of a UnifiedQA-v2 size (build under `torch.device("meta")` to skip the init)."""
         return cls(T5ForConditionalGeneration(t5_config(preset, **overrides)))
 
+    def set_precision(self, precision: Precision) -> None:
+        """Also picks T5's attention: PyTorch's fused kernel (`sdpa`), which the float32 references were taken with,
+        except for bf16/fp16 on CPU, where plain matrix products (`eager`) run it: there the fused kernel is several
+        times slower in half precision, most of an answer's decoding time (each step attends from one token to
+        all passages' tokens). Call it after moving the model to its device."""
+        super().set_precision(precision)
+        half_on_cpu = precision in ("bf16", "fp16") and self.device.type == "cpu"
+        self.model.set_attn_implementation("eager" if half_on_cpu else "sdpa")
+
     @property
     def pad_token_id(self) -> int:
         return _one_token_id(self.model.config.pad_token_id, "pad_token_id")
@@ -133,19 +151,25 @@ class FusionInDecoderQA(Model):
         )
 
     def logits(
-        self, encoding: FiDEncoding, decoder_input_ids: torch.Tensor, cache: EncoderDecoderCache | None = None
+        self,
+        encoding: FiDEncoding,
+        decoder_input_ids: torch.Tensor,
+        cache: EncoderDecoderCache | None = None,
+        weights: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """LM logits [B, T, vocab] of the decoder fed `decoder_input_ids` (teacher forcing).
 
         With a `cache`, `decoder_input_ids` are only the tokens after those already in it; the cache is extended.
+        `weights` stand in for the model's own of those names (`autocast_weights`).
         """
-        return self.model(
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoding.last_hidden_state),
-            attention_mask=encoding.attention_mask,
-            decoder_input_ids=decoder_input_ids,
-            cache=cache,
-            use_cache=cache is not None,
-        ).logits
+        inputs = {
+            "encoder_outputs": BaseModelOutput(last_hidden_state=encoding.last_hidden_state),
+            "attention_mask": encoding.attention_mask,
+            "decoder_input_ids": decoder_input_ids,
+            "cache": cache,
+            "use_cache": cache is not None,
+        }
+        return torch.func.functional_call(self.model, weights or {}, (), inputs).logits
 
     def answer_log_prob(self, encoding: FiDEncoding, answer_ids: torch.Tensor) -> torch.Tensor:
         """Log-probability [B] of each sample's answer given its passages.
@@ -156,36 +180,81 @@ class FusionInDecoderQA(Model):
         return self._sequence_log_prob(self.logits(encoding, self._teacher_forced(answer_ids)), answer_ids)
 
     def leave_one_out_log_probs(
-        self, encoding: FiDEncoding, answer_ids: torch.Tensor, chunk: int = 16
+        self, encoding: FiDEncoding, answer_ids: torch.Tensor, chunk: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability of one sample's answer with all its n passages [1], and with each left out in turn [n].
 
         The second equals `answer_log_prob(encoding.without_passage(i), answer_ids)` for every i, computed without
-        building those encodings: leaving a passage out of the decoder's cross-attention is masking its tokens
-        (they get zero weight, and nothing else in the decoder reads the encoder). The cross-attention keys and
-        values are projected once, by the pass with all passages, and shared as stride-0 views by the `chunk`
-        removals that run as one batch: copying them per removal (100 passages × every layer) cost CPUs more than
-        all the attention itself. Memory grows with `chunk` only through the masks and attention scores.
+        building those encodings: leaving a passage out of the decoder's cross-attention is giving its keys zero
+        weight (nothing else in the decoder reads the encoder). The cross-attention keys and values of the real
+        (unpadded) tokens are projected once and shared by all removals (`_log_probs_without`), `chunk` removals
+        per decoder pass (by default as many as make about `_ROWS_PER_PASS` answer tokens, which bounds the memory
+        of the LM head's log-softmax). Both results come from that one computation, so their differences carry no
+        rounding from two implementations.
         """
         if encoding.last_hidden_state.shape[0] != 1 or answer_ids.shape[0] != 1:
             raise ValueError("leave-one-out is computed for one sample at a time")
         if encoding.num_passages < 2:
             raise ValueError("cannot leave out the only passage")
+        # Padding after the answer counts nothing, and no earlier position attends to it: it is not computed.
+        counted = (answer_ids[0] != self.pad_token_id).nonzero()
+        answer_ids = answer_ids[:, : int(counted[-1]) + 1 if len(counted) else 1]
+        real = encoding.attention_mask[0].bool()
+        passage_of_key = (torch.arange(len(real), device=real.device) // encoding.passage_length)[real]
+        hidden = encoding.last_hidden_state[:, real]
+        head_dim = self.model.config.d_kv
+        attentions = [cross_layer.EncDecAttention for _, cross_layer, _ in _decoder_blocks(self.model)]
+        cross = [(_heads(hidden, head_dim, one.k), _heads(hidden, head_dim, one.v)) for one in attentions]
         decoder_ids = self._teacher_forced(answer_ids)
-        full = self._new_cache()
-        with_all = self._sequence_log_prob(self.logits(encoding, decoder_ids, full), answer_ids)
-        cross = [_keys_values(layer) for layer in full.cross_attention_cache.layers]
-        positions = torch.arange(encoding.attention_mask.shape[1], device=answer_ids.device)
-        passage_of_token = positions // encoding.passage_length
-        without = []
-        for first in range(0, encoding.num_passages, chunk):
-            left_out = torch.arange(first, min(first + chunk, encoding.num_passages), device=answer_ids.device)
-            batch = len(left_out)
-            mask = encoding.attention_mask * (passage_of_token[None] != left_out[:, None])
-            shared = FiDEncoding(encoding.last_hidden_state.expand(batch, -1, -1), mask, encoding.num_passages)
-            logits = self.logits(shared, decoder_ids.expand(batch, -1), self._shared_cross_cache(cross, batch))
-            without.append(self._sequence_log_prob(logits, answer_ids.expand(batch, -1)))
-        return with_all, torch.cat(without)
+        chunk = chunk or max(1, _ROWS_PER_PASS // answer_ids.shape[1])
+        # Removal −1 leaves nothing out: the log-probability with all passages.
+        removals = torch.arange(-1, encoding.num_passages, device=answer_ids.device)
+        log_probs = torch.cat(
+            [
+                self._log_probs_without(cross, passage_of_key, decoder_ids, answer_ids, removals[first : first + chunk])
+                for first in range(0, len(removals), chunk)
+            ]
+        )
+        return log_probs[:1], log_probs[1:]
+
+    def _log_probs_without(
+        self,
+        cross: list[tuple[torch.Tensor, torch.Tensor]],
+        passage_of_key: torch.Tensor,
+        decoder_ids: torch.Tensor,
+        answer_ids: torch.Tensor,
+        removals: torch.Tensor,
+    ) -> torch.Tensor:
+        """Log-probability [R] of the answer with passage `removals[r]` left out of the cross-attention.
+
+        The T5 decoder, teacher forced, for R rows at once: its own modules (norms, projections, feed-forward, LM
+        head) with the attention written here. `cross` holds every layer's keys and values [1, heads, S, d] of the
+        S real encoder tokens, `passage_of_key` [S] the passage each belongs to. The cross-attention stacks the R
+        rows' queries into one sequence [1, heads, R·T, d] over those shared keys, each query masked from its
+        row's passage: one attention call per layer, where a batch of R would copy the keys R times or run R
+        small products, either of which costs CPUs more than the arithmetic.
+        """
+        decoder, blocks = self.model.decoder, _decoder_blocks(self.model)
+        rows, length, head_dim = len(removals), decoder_ids.shape[1], self.model.config.d_kv
+        x = decoder.embed_tokens(decoder_ids).expand(rows, -1, -1)
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        self_bias = blocks[0][0].SelfAttention.compute_bias(length, length).masked_fill(~causal, -torch.inf)
+        # Masked keys get a weight of exactly zero: the attention of the encoding without that passage.
+        kept = (passage_of_key[None] != removals[:, None]).repeat_interleave(length, dim=0)
+        for (self_layer, cross_layer, feed_forward), (keys, values) in zip(blocks, cross, strict=True):
+            attention, normed = self_layer.SelfAttention, self_layer.layer_norm(x)
+            queries, own_keys, own_values = (
+                _heads(normed, head_dim, one) for one in (attention.q, attention.k, attention.v)
+            )
+            x = x + attention.o(_attend(queries, own_keys, own_values, self_bias))
+            attention = cross_layer.EncDecAttention
+            queries = _heads(cross_layer.layer_norm(x).flatten(0, 1)[None], head_dim, attention.q)
+            x = x + attention.o(_attend(queries, keys, values, kept).unflatten(1, (rows, length))[0])
+            x = feed_forward(x)
+        x = decoder.final_layer_norm(x)
+        if self.model.config.scale_decoder_outputs:
+            x = x * self.model.model_dim**-0.5
+        return self._sequence_log_prob(self.model.lm_head(x), answer_ids.expand(rows, -1))
 
     def _teacher_forced(self, answer_ids: torch.Tensor) -> torch.Tensor:
         """Decoder inputs that predict `answer_ids`: the start token, then the answer without its last token."""
@@ -193,19 +262,13 @@ class FusionInDecoderQA(Model):
         return torch.cat([start, answer_ids[:, :-1]], dim=1)
 
     def _sequence_log_prob(self, logits: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
-        """Summed log-probability [B] of `answer_ids` [B, T] under teacher-forced `logits` [B, T, vocab]."""
+        """Summed log-probability [B] of `answer_ids` [B, T] under teacher-forced `logits` [B, T, vocab].
+
+        Float32 under any precision: an explanation subtracts two such sums that differ by little, which bfloat16's
+        three significant digits would drown.
+        """
         token_log_probs = logits.float().log_softmax(-1).gather(-1, answer_ids[..., None])[..., 0]
         return (token_log_probs * (answer_ids != self.pad_token_id)).sum(dim=1)
-
-    def _shared_cross_cache(self, cross: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> EncoderDecoderCache:
-        """A fresh cache whose cross-attention holds `cross`'s [1, …] keys and values as [batch, …] views."""
-        cache = self._new_cache()
-        for index, (keys, values) in enumerate(cross):
-            layer = _dynamic_layer(cache.cross_attention_cache.layers[index])
-            layer.lazy_initialization(keys, values)
-            layer.keys, layer.values = keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1)
-            cache.is_updated[index] = True
-        return cache
 
     @torch.no_grad()
     def generate(
@@ -232,15 +295,22 @@ class FusionInDecoderQA(Model):
         return EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
 
     def _next_scores(
-        self, encoding: FiDEncoding, ids: torch.Tensor, cache: EncoderDecoderCache, min_new_tokens: int, log_probs: bool
+        self,
+        encoding: FiDEncoding,
+        ids: torch.Tensor,
+        cache: EncoderDecoderCache,
+        weights: dict[str, torch.Tensor],
+        min_new_tokens: int,
+        log_probs: bool,
     ) -> torch.Tensor:
         """Float scores [N, vocab] of the token after `ids` [N, T] (the cache holds all but the last token).
 
         Logits for greedy decoding, log-probabilities for beam search. While fewer than `min_new_tokens` follow the
         start token, eos is masked — after the log-softmax, so the other tokens keep their unrenormalised
-        log-probabilities, as in transformers.
+        log-probabilities, as in transformers. Float32 under any precision: beam search sums these scores over
+        the steps and ranks hypotheses by them, and bfloat16 would tie or swap close ones.
         """
-        scores = self.logits(encoding, ids[:, -1:], cache)[:, -1].float()
+        scores = self.logits(encoding, ids[:, -1:], cache, weights)[:, -1].float()
         if log_probs:
             scores = scores.log_softmax(-1)
         if ids.shape[1] <= min_new_tokens:
@@ -253,10 +323,10 @@ class FusionInDecoderQA(Model):
         return torch.full((batch, 1), self.decoder_start_token_id, dtype=torch.long, device=device)
 
     def _greedy(self, encoding: FiDEncoding, max_new_tokens: int, min_new_tokens: int) -> torch.Tensor:
-        cache = self._new_cache()
+        cache, weights = self._new_cache(), autocast_weights(self.model)
 
         def next_token(ids: torch.Tensor) -> torch.Tensor:
-            return self._next_scores(encoding, ids, cache, min_new_tokens, log_probs=False).argmax(-1)
+            return self._next_scores(encoding, ids, cache, weights, min_new_tokens, log_probs=False).argmax(-1)
 
         start = self._start_ids(encoding)
         return token_by_token(next_token, start, max_new_tokens + 1, self.eos_token_id, self.pad_token_id)
@@ -269,10 +339,10 @@ class FusionInDecoderQA(Model):
             encoding.attention_mask.repeat_interleave(num_beams, dim=0),
             encoding.num_passages,
         )
-        cache = self._new_cache()
+        cache, weights = self._new_cache(), autocast_weights(self.model)
 
         def next_log_probs(ids: torch.Tensor) -> torch.Tensor:
-            return self._next_scores(beams, ids, cache, min_new_tokens, log_probs=True)
+            return self._next_scores(beams, ids, cache, weights, min_new_tokens, log_probs=True)
 
         return beam_search(
             next_log_probs,
@@ -293,16 +363,21 @@ def _one_token_id(value: int | list[int] | None, name: str) -> int:
     return value
 
 
-def _dynamic_layer(layer: object) -> DynamicLayer:
-    """A layer of our caches (`DynamicCache`s; `Cache` types its layers as any kind of layer)."""
-    if not isinstance(layer, DynamicLayer):
-        raise TypeError(f"expected a DynamicLayer in the decoder cache, got {type(layer).__name__}")
-    return layer
+def _decoder_blocks(
+    model: T5ForConditionalGeneration,
+) -> list[tuple[T5LayerSelfAttention, T5LayerCrossAttention, T5LayerFF]]:
+    """The T5 decoder's blocks as their sublayers: self-attention, cross-attention, feed-forward."""
+    sublayers = tuple[T5LayerSelfAttention, T5LayerCrossAttention, T5LayerFF]
+    return [cast(sublayers, tuple(cast(nn.ModuleList, block.layer))) for block in model.decoder.block]
 
 
-def _keys_values(layer: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """The keys and values a cache layer holds after a decoder pass."""
-    dynamic = _dynamic_layer(layer)
-    if dynamic.keys is None or dynamic.values is None:
-        raise RuntimeError("a cross-attention cache layer is empty after the decoder pass")
-    return dynamic.keys, dynamic.values
+def _heads(x: torch.Tensor, head_dim: int, projection: nn.Module) -> torch.Tensor:
+    """`x` [B, T, D] through an attention `projection`, in head layout [B, heads, T, head_dim]."""
+    return projection(x).unflatten(-1, (-1, head_dim)).transpose(1, 2)
+
+
+def _attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """T5 attention (no 1/sqrt(d) scaling: T5 folds it into its init) [B, T, heads·d] of queries [B, heads, T, d]
+    over keys and values [B, heads, S, d]; `mask` is additive or boolean (True: attend), broadcast to the scores."""
+    out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=1.0)
+    return out.transpose(1, 2).flatten(2)
