@@ -1,13 +1,21 @@
-"""Readers for question-answering datasets in the layouts their publishers ship, and for results files.
+"""Readers for question-answering and retrieval datasets in the layouts their publishers ship, and for results files.
 
 One module per family: `vqa` (VQAv2 and OK-VQA: a questions file and an annotations file per split, COCO images
-named by id) and `gqa` (GQA's balanced question files). Each reader checks the fields it needs and fails with a
+named by id), `gqa` (GQA's balanced question files) and `karpathy` (COCO and Flickr30k Karpathy splits as BLIP and
+LAVIS ship them). Each reader checks the fields it needs and fails with a
 `DatasetError` naming the file, the record and what is missing, so that a wrong file (test questions given as
 annotations, an older release) is told apart from a damaged one before anything is scored. Nothing here needs torch.
 """
 
 from fusioncam.datasets.gqa import GqaQuestion, read_gqa_predictions, read_gqa_questions
 from fusioncam.datasets.json_fields import DatasetError
+from fusioncam.datasets.karpathy import (
+    CaptionPair,
+    RetrievalSplit,
+    TrainSplit,
+    read_karpathy_eval,
+    read_karpathy_train,
+)
 from fusioncam.datasets.vqa import (
     VqaAnnotation,
     VqaQuestion,
@@ -18,13 +26,18 @@ from fusioncam.datasets.vqa import (
 )
 
 __all__ = [
+    "CaptionPair",
     "DatasetError",
     "GqaQuestion",
+    "RetrievalSplit",
+    "TrainSplit",
     "VqaAnnotation",
     "VqaQuestion",
     "coco_image_path",
     "read_gqa_predictions",
     "read_gqa_questions",
+    "read_karpathy_eval",
+    "read_karpathy_train",
     "read_vqa_annotations",
     "read_vqa_predictions",
     "read_vqa_questions",
