@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 IMG ?=
 TEXT ?=
+ARGS ?=
 
-.PHONY: install browser test lint typecheck demo clean synth-models
+.PHONY: install browser test lint typecheck demo bench clean synth-models
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +52,13 @@ typecheck: install
 # built-in toy models on a generated scene; `make demo IMG=photo.jpg TEXT="a dog"` for your own picture.
 demo: install
 	$(BIN)/fusioncam demo --out demo-out $(if $(IMG),--image "$(IMG)" $(if $(TEXT),--text "$(TEXT)"))
+
+# Timings on random-weight models at real size, never part of `make test`: fusioncam at each precision against the
+# LAVIS way and EfficientSAM's explicit attention, PNP-VQA by stage, and the CLI as users run it. The table goes to
+# stdout, a JSON record per measurement to bench-results/ (--out). `make bench ARGS=--quick` takes about a minute on
+# a 2-core CPU; ARGS="--only heatmap cli --device cuda" and the rest: .venv/bin/python -m benchmarks.suite --help.
+bench: install
+	$(BIN)/python -m benchmarks.suite $(ARGS)
 
 # The built-in toy models behind the synth-* presets (fusioncam/data/synth): trained from random weights on synthetic
 # scenes with fixed seeds on one CPU thread, in a few minutes. Prints the weights.toml section that declares them and

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
 REPO = Path(__file__).resolve().parents[1]
+# benchmarks/ (the baselines `make bench` times fusioncam against, which tests check too) sits beside tests/, outside
+# the installed package: `python -m pytest` finds it from the checkout's root, a bare `pytest` would not.
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
 
 # Property tests draw the same examples on every machine and run (derandomize): a CI failure is reproducible, and
 # a green run does not depend on what an earlier run on this machine happened to find.

@@ -2,7 +2,7 @@
 
 The presets fusioncam ships carry their architecture in its own terms (`[config]` in weights.toml), so the library
 never reads LAVIS, transformers or EfficientSAM settings; the reference cases and parity tests do, and convert them
-here.
+here. transformers' `BlipConfig` → ours lives in `benchmarks/lavis_way.py`, which builds both models for `make bench`.
 """
 
 from __future__ import annotations
@@ -56,39 +56,6 @@ def lavis_blip_caption_config(
 ) -> BlipCaptionConfig:
     """Our captioner config from LAVIS's `BlipCaption` settings."""
     return BlipCaptionConfig(_lavis_vision_config(vision), _bert_text_config(text), prompt, max_txt_len)
-
-
-def hf_blip_itm_config(config: Mapping[str, Mapping[str, object]], max_txt_len: int = 35) -> BlipITMConfig:
-    """Our config from a Hugging Face `BlipConfig` dict (`config.json`), keeping its own LayerNorm eps.
-
-    transformers' vision tower defaults to eps 1e-5 (LAVIS: 1e-6); the value the file says is the one its
-    weights were converted for, so it is taken as is.
-    """
-    vision, text = config["vision_config"], config["text_config"]
-    return BlipITMConfig(
-        vision=VisionConfig(
-            image_size=vision.get("image_size", 384),
-            patch_size=vision.get("patch_size", 16),
-            width=vision["hidden_size"],
-            depth=vision["num_hidden_layers"],
-            num_heads=vision["num_attention_heads"],
-            mlp_ratio=vision["intermediate_size"] / vision["hidden_size"],
-            layer_norm_eps=vision.get("layer_norm_eps", 1e-5),
-        ),
-        text=TextConfig(
-            vocab_size=text["vocab_size"],
-            hidden_size=text["hidden_size"],
-            num_layers=text["num_hidden_layers"],
-            num_heads=text["num_attention_heads"],
-            intermediate_size=text["intermediate_size"],
-            max_position_embeddings=text.get("max_position_embeddings", 512),
-            layer_norm_eps=text.get("layer_norm_eps", 1e-12),
-            encoder_width=text.get("encoder_hidden_size", vision["hidden_size"]),
-            pad_token_id=text.get("pad_token_id", 0),
-        ),
-        embed_dim=config.get("image_text_hidden_size", 256),
-        max_txt_len=max_txt_len,
-    )
 
 
 def efficient_sam_config(architecture: Mapping[str, object]) -> EfficientSamConfig:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from converters import hf_blip_itm_config
 from transformers import BlipConfig, BlipForImageTextRetrieval
 
+from benchmarks.lavis_way import hf_blip_itm_config
 from fusioncam.checkpoints import load_blip_itm_weights
 from fusioncam.models.blip import BlipITM
 
