@@ -179,7 +179,7 @@ def eval_retrieval(
     """Image→text and text→image retrieval as BLIP and LAVIS evaluate it: ITC similarity shortlists each query's
     top --k-test candidates, which are re-ranked by the ITM match logit plus that similarity. Recall at 1, 5 and 10
     both ways, in percent, under LAVIS's names (txt_r1: an image's best caption ranks first; img_r1: a caption's
-    image ranks first). Published (COCO 5k test, BLIP base): txt_r1 82.0, img_r1 64.5.
+    image ranks first).
 
     Example: fusioncam eval retrieval --data coco_karpathy_test.json --images coco/images --report coco.json
     """
