@@ -95,3 +95,27 @@ def efficient_sam_config(architecture: Mapping[str, object]) -> EfficientSamConf
         pixel_mean=tuple(architecture.get("pixel_mean", official.pixel_mean)),
         pixel_std=tuple(architecture.get("pixel_std", official.pixel_std)),
     )
+
+
+# A transformers `BlipConfig` small enough for a test (BLIP ITM parity and the LAVIS-way baseline).
+TINY_HF_BLIP = {
+    "vision_config": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": 96,
+        "patch_size": 16,
+        "initializer_range": 0.02,
+    },
+    "text_config": {
+        "vocab_size": 99,
+        "hidden_size": 48,
+        "encoder_hidden_size": 32,
+        "intermediate_size": 80,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 6,
+        "max_position_embeddings": 40,
+    },
+    "image_text_hidden_size": 24,
+}

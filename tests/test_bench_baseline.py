@@ -13,6 +13,7 @@ import time
 
 import pytest
 import torch
+from converters import TINY_HF_BLIP
 
 from benchmarks.lavis_way import lavis_gradcam, twin_models
 from benchmarks.suite import Plan, Sizes, run_suite
@@ -20,27 +21,6 @@ from fusioncam.explain.gradcam import compute_gradcam
 from fusioncam.models.efficient_sam import EfficientSamConfig, ImageEncoderConfig, MaskDecoderConfig
 from fusioncam.models.fusion import FusionConfig
 
-TINY_BLIP = {
-    "vision_config": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": 96,
-        "patch_size": 16,
-        "initializer_range": 0.02,
-    },
-    "text_config": {
-        "vocab_size": 99,
-        "hidden_size": 48,
-        "encoder_hidden_size": 32,
-        "intermediate_size": 80,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 6,
-        "max_position_embeddings": 40,
-    },
-    "image_text_hidden_size": 24,
-}
 TINY_SAM = EfficientSamConfig(
     encoder=ImageEncoderConfig(image_size=64, width=32, depth=1, num_heads=2, neck_dim=32),
     decoder=MaskDecoderConfig(transformer_mlp_dim=64, num_heads=4, iou_head_hidden_dim=32, upscaling_dims=(16, 8)),
@@ -49,7 +29,7 @@ TINY_SAM = EfficientSamConfig(
 
 @pytest.fixture(scope="module")
 def twins():
-    hf, ours = twin_models(TINY_BLIP, seed=0, perturb=0.2)
+    hf, ours = twin_models(TINY_HF_BLIP, seed=0, perturb=0.2)
     return hf, ours.requires_grad_(False)
 
 
@@ -79,7 +59,7 @@ def test_lavis_way_gives_fusioncams_token_and_sentence_maps(twins, block: int) -
 
 def test_suite_runs_end_to_end_on_tiny_models(tmp_path) -> None:
     sizes = Sizes(
-        {"base": TINY_BLIP}, {"vitt": TINY_SAM}, FusionConfig(sam_channels=32, heads=2, d_ff=48), "tiny", (64, 48)
+        {"base": TINY_HF_BLIP}, {"vitt": TINY_SAM}, FusionConfig(sam_channels=32, heads=2, d_ff=48), "tiny", (64, 48)
     )
     sections = ("heatmap", "sam-encoder")  # what --quick runs
     plan = Plan(sections, ("fp32", "bf16", "int8"), {"base": (2,)}, pipeline_batch=2, sam_archs=("vitt",), repeats=1)

@@ -9,31 +9,27 @@ energy, mask IoU and VQA accuracy within 0.02 of fp32. fp32 itself is checked bi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from built_in import BuiltIn, load_built_in
 from typer.testing import CliRunner
 
-import fusioncam
-from fusioncam.api import BlipMatcher, load_captioner, load_qa, load_sam
 from fusioncam.cli import app
 from fusioncam.evaluate import read_referring, score_map, summarize
 from fusioncam.models.blip import BlipITM, BlipITMConfig
-from fusioncam.models.efficient_sam import EfficientSam
 from fusioncam.models.layers import FullPrecisionLinear
 from fusioncam.precision import resolve_precision
 from fusioncam.synth import generate, synth_scene
-from fusioncam.synth_models import NAMES, ItmRecipe, measure_sam, measure_vqa, one_thread, vqa_config, vqa_scenes
-from fusioncam.vqa import PNPVQA
+from fusioncam.synth_models import NAMES, ItmRecipe, measure_sam, measure_vqa, one_thread, vqa_scenes
 from fusioncam.weights import ENV_REGISTRY
 
 SEED, SPLIT = 0, "test"
 ITM = ItmRecipe()
-POINTING_SCENES, SAM_SCENES, VQA_SCENES = 60, 40, 30
+POINTING_SCENES, SAM_SCENES, VQA_SCENES = 60, 40, 60
 MIN_PEARSON = 0.99
 FIGURE_TOLERANCE = 0.02
 MAX_SCORE_CHANGE = 0.02  # of an ITM probability or an ITC cosine
@@ -46,26 +42,9 @@ def bundled_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_REGISTRY, raising=False)
 
 
-@dataclass
-class BuiltIn:
-    matcher: BlipMatcher
-    sam: EfficientSam
-    pipeline: PNPVQA
-
-
-def _built_in(precision: str) -> BuiltIn:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv(ENV_REGISTRY, raising=False)
-        matcher = fusioncam.load(NAMES["itm"], device="cpu", download=False, precision=precision)
-        sam = load_sam(NAMES["sam"], device="cpu", download=False, precision=precision)
-        captioner = load_captioner(NAMES["caption"], device="cpu", download=False, precision=precision)
-        qa = load_qa(NAMES["qa"], device="cpu", download=False, precision=precision)
-    return BuiltIn(matcher, sam, PNPVQA(matcher, captioner, qa, vqa_config(block=ITM.block, explain=True)))
-
-
 @pytest.fixture(scope="module")
 def models() -> dict[str, BuiltIn]:
-    return {precision: _built_in(precision) for precision in ["fp32", *REDUCED]}
+    return {precision: load_built_in(precision, explain=True) for precision in ["fp32", *REDUCED]}
 
 
 @pytest.fixture(scope="module")

@@ -17,17 +17,16 @@ from __future__ import annotations
 import fnmatch
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from built_in import BuiltIn, load_built_in
 
 import fusioncam
-from fusioncam.api import BlipMatcher, SamRefiner, load_captioner, load_qa, load_sam
+from fusioncam.api import SamRefiner
 from fusioncam.evaluate import evaluate_pointing, read_referring, score_map
-from fusioncam.models.efficient_sam import EfficientSam
 from fusioncam.synth import generate, synth_scene
 from fusioncam.synth_models import (
     DEMO_SPLIT,
@@ -40,10 +39,8 @@ from fusioncam.synth_models import (
     measure_vqa,
     one_thread,
     sha256,
-    vqa_config,
     vqa_scenes,
 )
-from fusioncam.vqa import PNPVQA
 from fusioncam.weights import ENV_REGISTRY, Preset, load_registry
 
 if sys.version_info >= (3, 11):
@@ -70,22 +67,9 @@ def bundled_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_REGISTRY, raising=False)
 
 
-@dataclass
-class BuiltIn:
-    matcher: BlipMatcher
-    sam: EfficientSam
-    pipeline: PNPVQA
-
-
 @pytest.fixture(scope="module")
 def built_in() -> BuiltIn:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv(ENV_REGISTRY, raising=False)
-        matcher = fusioncam.load(NAMES["itm"], device="cpu", download=False)
-        sam = load_sam(NAMES["sam"], device="cpu", download=False)
-        captioner = load_captioner(NAMES["caption"], device="cpu", download=False)
-        qa = load_qa(NAMES["qa"], device="cpu", download=False)
-    return BuiltIn(matcher, sam, PNPVQA(matcher, captioner, qa, vqa_config(block=ITM.block, explain=False)))
+    return load_built_in()
 
 
 @pytest.fixture

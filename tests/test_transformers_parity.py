@@ -4,38 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from converters import TINY_HF_BLIP
 from transformers import BlipConfig, BlipForImageTextRetrieval
 
 from benchmarks.lavis_way import hf_blip_itm_config
 from fusioncam.checkpoints import load_blip_itm_weights
 from fusioncam.models.blip import BlipITM
 
-TINY = {
-    "vision_config": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": 96,
-        "patch_size": 16,
-    },
-    "text_config": {
-        "vocab_size": 99,
-        "hidden_size": 48,
-        "encoder_hidden_size": 32,
-        "intermediate_size": 80,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 6,
-        "max_position_embeddings": 40,
-    },
-    "image_text_hidden_size": 24,
-}
-
 
 @pytest.fixture(scope="module")
 def pair() -> tuple[BlipForImageTextRetrieval, BlipITM]:
     torch.manual_seed(0)
-    hf_config = BlipConfig(**TINY)
+    hf_config = BlipConfig(**TINY_HF_BLIP)
     hf = BlipForImageTextRetrieval(hf_config).eval()
     with torch.no_grad():  # move every weight off its default init so that a mix-up cannot hide
         for param in hf.parameters():
