@@ -18,7 +18,8 @@ from transformers.generation.logits_process import (
 from fusioncam.checkpoints import load_blip_caption_weights
 from fusioncam.models import blip
 from fusioncam.models.blip import BlipCaption, BlipCaptionConfig
-from fusioncam.models.decoding import DecodingConfig, adjust_scores, autocast_weights, beam_search, filter_top_k_top_p
+from fusioncam.models.decoding import DecodingConfig, adjust_scores, beam_search, filter_top_k_top_p
+from fusioncam.precision import autocast_weights
 
 TINY = {
     "vision_config": {

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from fusioncam.checkpoints import T5_TIED_KEYS, CheckpointError, load_t5_weights
-from fusioncam.models.decoding import autocast_weights
 from fusioncam.models.t5_fid import FiDEncoding, FusionInDecoderQA, t5_config
+from fusioncam.precision import autocast_weights
 
 TINY = {"vocab_size": 64, "d_model": 32, "d_kv": 8, "d_ff": 48, "num_layers": 2, "num_heads": 4}
 EOS = 1

@@ -19,9 +19,10 @@ from torch import nn
 from fusioncam.models.architectures import architecture
 from fusioncam.models.bert import DecoderCache, TextConfig, TextDecoder, TextEncoder, TextEncoderOutput
 from fusioncam.models.config import merge_config
-from fusioncam.models.decoding import DecodingConfig, autocast_dtype, autocast_weights, decode
+from fusioncam.models.decoding import DecodingConfig, decode
 from fusioncam.models.layers import FullPrecisionLinear, Model
 from fusioncam.models.vit import VisionConfig, VisionTransformer
+from fusioncam.precision import autocast_weights, current_autocast_dtype
 
 
 @dataclass
@@ -187,7 +188,7 @@ class BlipCaption(Model):
         text_weights, head_weights = autocast_weights(decoder.bert), autocast_weights(decoder.lm_head)
         # The LM head multiplies by the word-embedding matrix, which the embedding also reads: cast here, once, for
         # the head alone (the embedding keeps reading float32), as `autocast_weights` does for the linear layers.
-        dtype = autocast_dtype(context.device)
+        dtype = current_autocast_dtype(context.device)
         head_matrix = decoder.bert.embeddings.word_embeddings.weight
         head_matrix = head_matrix if dtype is None else head_matrix.to(dtype)
 

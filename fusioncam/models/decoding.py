@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 # sequences so far [N, T] -> scores of the next token [N, vocab]
 NextScores = Callable[[torch.Tensor], torch.Tensor]
@@ -56,33 +55,6 @@ class DecodingConfig:
     def rows_per_sample(self) -> int:
         """Rows the scorer sees for each sample: its beams, so per-sample context must be repeated this often."""
         return self.num_beams if self.strategy == "beam" else 1
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype autocast computes in on `device` at this point, None where it is off."""
-    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-
-
-def autocast_weights(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights of `module`'s linear layers in the dtype autocast now computes in, for `torch.func.functional_call`
-    ({} when autocast is off).
-
-    A decoding loop runs the same weights once per token. Autocast casts a float32 weight at every use and keeps the
-    cast only for weights that require grad, which a frozen model's do not, so each step would cast the whole model
-    again (a fifth of a bf16 caption step on CPU). These are the values autocast computes, cast once. A weight an
-    embedding also reads (T5's tied LM head) is left out: replacing it would change the embedding's output.
-    """
-    dtype = autocast_dtype(next(module.parameters()).device)
-    if dtype is None:
-        return {}
-    embedded = {id(layer.weight) for layer in module.modules() if isinstance(layer, nn.Embedding)}
-    return {
-        f"{name}.{key}" if name else key: tensor.to(dtype)
-        for name, layer in module.named_modules()
-        if type(layer) is nn.Linear  # not the float32 heads that subclass it
-        for key, tensor in layer.named_parameters(recurse=False)
-        if id(tensor) not in embedded
-    }
 
 
 def decode(

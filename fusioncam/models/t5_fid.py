@@ -29,8 +29,9 @@ from transformers.models.t5.modeling_t5 import T5LayerCrossAttention, T5LayerFF,
 
 from fusioncam.choices import Precision
 from fusioncam.models.architectures import architecture
-from fusioncam.models.decoding import Reorder, autocast_weights, beam_search, token_by_token
+from fusioncam.models.decoding import Reorder, beam_search, token_by_token
 from fusioncam.models.layers import Model
+from fusioncam.precision import autocast_weights
 
 # T5 v1.0 base, which UnifiedQA-v2 base is (LAVIS's pnp-vqa unifiedqav2_base config); the other sizes are entries
 # of `models.architectures`.
