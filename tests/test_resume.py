@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from tiny_presets import write_tiny_presets
 
+from fusioncam.files import TEMPORARY_PREFIX
+
 TEXTS = ["a dog", "two dogs", "a red ball", "the beach"]
 IMAGES = 10  # 40 pairs
 # Measured (these 40 pairs, batch sizes 2, 3 and 8 against 1): the same pair in batches of another composition
@@ -51,8 +53,8 @@ def command(preset: Path, photos: Path, out: Path, *extra: str) -> list[str]:
 def records(out: Path) -> dict[str, dict]:
     found = {}
     for path in out.rglob("*.json"):
-        if path.name.startswith("summary"):
-            continue
+        if path.name.startswith(("summary", TEMPORARY_PREFIX)):
+            continue  # a file still being written when the run was killed is not a record: the resumed run removes it
         record = json.loads(path.read_text())
         found[path.name] = record
     return found
@@ -83,7 +85,7 @@ def assert_same_outputs(resumed: Path, reference: Path) -> None:
 
 def wait_for_records(out: Path, count: int, process: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while len(list(out.glob("*.json"))) < count:
+    while len(records(out)) < count:
         assert process.poll() is None, "the run ended before it could be interrupted"
         assert time.monotonic() < deadline, "no outputs appeared"
         time.sleep(0.05)
