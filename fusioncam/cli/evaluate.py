@@ -43,6 +43,7 @@ def eval_pointing(
     limit: options.Limit = None,
     device: options.Device = "auto",
     precision: options.Precision = "fp32",
+    compile_encoder: options.Compile = False,
     batch_size: options.BatchSize = 16,
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
@@ -61,7 +62,7 @@ def eval_pointing(
         records = read_referring(data)[:limit]
     except ValueError as error:
         raise usage_error(str(error)) from None
-    matcher = load_matcher(model, device, encoder, fusion, sam_model, precision)
+    matcher = load_matcher(model, device, encoder, fusion, sam_model, precision, compile_encoder)
     check_block(matcher, block)
     refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend, matcher.precision)
     with progress("pointing", len(records), quiet) as bar:
@@ -95,6 +96,7 @@ def eval_itm(
     limit: options.Limit = None,
     device: options.Device = "auto",
     precision: options.Precision = "fp32",
+    compile_encoder: options.Compile = False,
     batch_size: options.BatchSize = 16,
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
@@ -118,7 +120,7 @@ def eval_itm(
     records = [item for item in items if isinstance(item, Pair)][:limit]
     if not records:
         raise usage_error(f"{data} holds no pairs")
-    matcher = load_matcher(model, device, encoder, fusion, sam_model, precision)
+    matcher = load_matcher(model, device, encoder, fusion, sam_model, precision, compile_encoder)
     with progress("matching", len(records), quiet) as bar:
         try:
             report = itm_accuracy(matcher, records, seed, batch_size, bar.advance)
@@ -170,6 +172,7 @@ def eval_retrieval(
     sam_model: options.SamModel = "vitt",
     device: options.Device = "auto",
     precision: options.Precision = "fp32",
+    compile_encoder: options.Compile = False,
     batch_size: Annotated[
         int, typer.Option(min=1, help="Images, texts or pairs per forward pass (LAVIS re-ranks k_test at a time).")
     ] = 128,
@@ -202,7 +205,7 @@ def eval_retrieval(
         )
     if k_test < 10:
         warn(f"--k-test {k_test}: candidates past the shortlist all score -100, and R@10 orders those ties by index")
-    matcher = load_matcher(model, device, encoder, fusion, sam_model, precision)
+    matcher = load_matcher(model, device, encoder, fusion, sam_model, precision, compile_encoder)
     with progress("encoding", len(split.images) + len(split.texts), quiet) as bar:
         try:
             features = encode_split(matcher, split, images, batch_size, bar.advance)
