@@ -1,4 +1,4 @@
-"""`fusioncam synth` and `fusioncam train`: synthetic scenes, and training on them (or on your own pairs)."""
+"""`fusioncam synth` and `fusioncam train`: synthetic scenes, and training on them (or on your own pairs, or COCO)."""
 
 from __future__ import annotations
 
@@ -56,8 +56,20 @@ def train(
             help="itm: BLIP ITM itself (fine-tune, or --from-scratch); fusion: the BLIP+EfficientSAM fusion.",
         ),
     ],
-    data: Annotated[Path, typer.Option(help='Pairs JSONL {"image", "text"} (synth writes pairs.jsonl).')],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help='Pairs JSONL {"image", "text"} (synth writes pairs.jsonl), or a Karpathy train split .json '
+            "(coco_karpathy_train.json, flickr30k_train.json; needs --images).",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for weights, preset, metrics, checkpoints.")],
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Karpathy --data only: the folder its image paths start from (COCO: the one holding train2014/)."
+        ),
+    ] = None,
     model: options.Model = "blip-itm-base",
     sam_model: Annotated[
         str | None, typer.Option("--sam-model", help="EfficientSAM of a fusion: vitt, vits, or a preset name/file.")
@@ -105,10 +117,14 @@ def train(
       fusioncam train --what fusion --data scenes/pairs.jsonl --model runs/itm/itm.toml \\
         --sam-model vitt --out runs/fusion
 
+      fusioncam train --what itm --data coco_karpathy_train.json --images coco/images --out runs/coco
+
       torchrun --nproc-per-node 2 $(which fusioncam) train --what itm ...
     """
     from fusioncam import train as train_lib
     from fusioncam import weights as weights_lib
+    from fusioncam.datasets import DatasetError
+    from fusioncam.train.data import is_karpathy_split
 
     if what == "fusion" and not sam_model:
         raise usage_error("--what fusion needs --sam-model (vitt, vits, or a preset)")
@@ -118,11 +134,23 @@ def train(
         raise usage_error("--from-scratch is for --what itm: a fusion is trained on a BLIP that has weights")
     if not data.is_file():
         raise usage_error(f"--data file not found: {data}")
+    karpathy = is_karpathy_split(data)
+    if karpathy and images is None:
+        raise usage_error(
+            f"--data {data} is a Karpathy train split: give --images, the folder its image paths start from"
+        )
+    if not karpathy and images is not None:
+        raise usage_error(
+            "--images is for a Karpathy train split (.json); a pairs JSONL's image paths start from its folder"
+        )
+    if images is not None and not images.is_dir():
+        raise usage_error(f"--images folder not found: {images}")
     check_device(device)
     try:
         config = train_lib.TrainConfig(
             what=what,
             data=data,
+            images=images,
             out=out,
             model=model,
             sam=sam_preset_name(sam_model) if sam_model else None,
@@ -145,7 +173,7 @@ def train(
     try:
         with training_progress(what, steps, quiet) as on_step:
             result = train_lib.train(config, progress=on_step)
-    except weights_lib.PresetError as error:
+    except (weights_lib.PresetError, DatasetError) as error:
         raise usage_error(str(error)) from None
     except (weights_lib.WeightsError, ValueError, OSError) as error:
         raise fail(error) from None

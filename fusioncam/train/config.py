@@ -8,6 +8,7 @@ from typing import Any
 
 from fusioncam.models.blip import BlipITM
 from fusioncam.models.fusion import BlipFusionITM
+from fusioncam.train.data import is_karpathy_split
 
 WHAT = ("itm", "fusion")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -21,9 +22,12 @@ class TrainConfig:
     """One training run. Paths may be given as strings; relative ones are relative to the working directory.
 
     `data` is a pairs JSONL (`{"image": path, "text": caption}` per line, image paths relative to the file) such as
-    `fusioncam synth` writes. `model` is the BLIP ITM preset (name or .toml) to fine-tune, to train from scratch
-    (`from_scratch`, itm only; see `fusioncam.train.models`), or to freeze under a fusion. `sam` is the EfficientSAM
-    preset of a fusion, and `fusion` its `FusionConfig` values (the SAM channel count is taken from `sam`).
+    `fusioncam synth` writes, or a Karpathy train split (`coco_karpathy_train.json`, `flickr30k_train.json`: any
+    `.json`) whose image paths are relative to `images` (COCO: the folder holding train2014/); `images` is given
+    with a Karpathy split and only then. `model` is the BLIP ITM preset (name or .toml) to fine-tune, to train
+    from scratch (`from_scratch`, itm only; see `fusioncam.train.models`), or to freeze under a fusion. `sam` is the
+    EfficientSAM preset of a fusion, and `fusion` its `FusionConfig` values (the SAM channel count is taken from
+    `sam`).
     `batch_size` is per rank; `checkpoint_every` 0 writes a checkpoint only at the end; `grad_clip` 0 turns
     clipping off; `amp` "auto" is bf16 (fp16 where bf16 is unsupported) on CUDA and off elsewhere. `resume` is a
     checkpoint file, or a folder whose latest checkpoint is taken. `cache_sam` keeps every image's SAM embedding
@@ -35,6 +39,7 @@ class TrainConfig:
     what: str
     data: Path
     out: Path
+    images: Path | None = None
     model: str = "blip-itm-base"
     sam: str | None = None
     from_scratch: bool = False
@@ -56,8 +61,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.data, self.out = Path(self.data), Path(self.out)
+        self.images = Path(self.images) if self.images is not None else None
         self.resume = Path(self.resume) if self.resume is not None else None
         problems = []
+        karpathy = is_karpathy_split(self.data)
+        if karpathy and self.images is None:
+            problems.append(f"data {self.data} is a Karpathy train split: give images, the folder its paths start from")
+        if not karpathy and self.images is not None:
+            problems.append("images is for a Karpathy train split (.json); a pairs JSONL's paths start from its folder")
         if self.what not in WHAT:
             problems.append(f"what must be one of {', '.join(WHAT)}, got {self.what!r}")
         if self.what == "fusion" and not self.sam:

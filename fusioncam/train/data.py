@@ -10,11 +10,18 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from fusioncam.datasets import DatasetError, read_karpathy_train
 from fusioncam.images import ImageTransform, load_image
 from fusioncam.inputs import Failure, pairs_from_jsonl
 from fusioncam.text import BlipTokenizer, clean_caption
 from fusioncam.train.distributed import pad_to_global_length
 from fusioncam.train.seeds import ORDER, derive_seed
+
+
+def is_karpathy_split(data: Path) -> bool:
+    """Whether `data` is a Karpathy train split (`coco_karpathy_train.json`: one JSON list) rather than a pairs JSONL
+    (one record per line). Told by the suffix, so that a run's settings can be checked before any file is read."""
+    return data.suffix.lower() == ".json"
 
 
 @dataclass(frozen=True)
@@ -31,8 +38,16 @@ class PairSet:
         return len(self.images)
 
     @classmethod
-    def read(cls, path: Path) -> PairSet:
-        """Read a pairs JSONL; a malformed record stops the run (training on a silently smaller set would not)."""
+    def read(cls, data: Path, images: Path | None = None) -> PairSet:
+        """The pairs of a Karpathy train split whose image paths are relative to `images`, or, without `images`, of
+        a pairs JSONL. Every image must be there: training on a silently smaller set would be another run."""
+        pairs = cls._from_jsonl(data) if images is None else cls._from_karpathy(data, images)
+        pairs._require_images(data, images)
+        return pairs
+
+    @classmethod
+    def _from_jsonl(cls, path: Path) -> PairSet:
+        """Read a pairs JSONL; a malformed record stops the run. An image's key is its path."""
         if not path.is_file():
             raise FileNotFoundError(f"training pairs not found: {path}")
         images, texts = [], []
@@ -50,6 +65,44 @@ class PairSet:
         if not images:
             raise ValueError(f"{path} holds no pairs")
         return cls(images, texts, _ids(images), _ids(texts))
+
+    @classmethod
+    def _from_karpathy(cls, path: Path, root: Path) -> PairSet:
+        """Read a Karpathy train split (captions cleaned and cut at 30 words, as BLIP's retrieval training does).
+
+        An image's key is its `image_id`, a text's its cleaned caption: the objective takes every (image, caption)
+        the split pairs as known to be true (`KnownPairs`), so none of an image's captions, even one that another
+        photo shares, is drawn as that image's hard negative or counted as its ITC negative.
+        """
+        try:
+            split = read_karpathy_train(path)
+        except DatasetError as error:
+            raise DatasetError(
+                f"{error}. Training needs a Karpathy train split (coco_karpathy_train.json, flickr30k_train.json); "
+                "val and test splits are for `fusioncam eval retrieval`"
+            ) from None
+        texts = [pair.caption for pair in split.pairs]
+        return cls(
+            [root / pair.image for pair in split.pairs],
+            texts,
+            _ids([pair.image_id for pair in split.pairs]),
+            _ids(texts),
+        )
+
+    def _require_images(self, data: Path, root: Path | None) -> None:
+        """Fail before any step, saying how many images are missing and one of them: otherwise a wrong `--images`
+        would surface only when the loader first reaches a missing image, deep into the run."""
+        images = list(dict.fromkeys(self.images))
+        if missing := [image for image in images if not image.is_file()]:
+            hint = (
+                f"images ({root}) must be the folder the split's image paths start from (COCO: the one holding "
+                "train2014/)"
+                if root is not None
+                else "relative image paths start from the JSONL's own folder"
+            )
+            raise DatasetError(
+                f"{len(missing)} of the {len(images)} images of {data} are not there, e.g. {missing[0]}; {hint}"
+            )
 
 
 def _ids(values: Sequence[Any]) -> list[int]:

@@ -25,7 +25,7 @@ from fusioncam.train.config import TrainConfig, TrainResult
 from fusioncam.train.data import ImageDataset, PairSet, StepBatches, sam_transform, text_inputs
 from fusioncam.train.distributed import Launch, barrier, is_distributed, launch, mean_over_ranks
 from fusioncam.train.models import SamEmbeddings, build_models
-from fusioncam.train.objectives import MatchingObjective
+from fusioncam.train.objectives import KnownPairs, MatchingObjective
 from fusioncam.train.optim import (
     autocast_dtype,
     build_optimizer,
@@ -62,7 +62,8 @@ def _train(config: TrainConfig, here: Launch, progress: StepCallback | None) -> 
         raise FileExistsError(
             f"{config.out} holds checkpoints of another run: resume it (resume={config.out}) or choose another out"
         )
-    pairs = PairSet.read(config.data)
+    pairs = PairSet.read(config.data, config.images)
+    known = KnownPairs(pairs.image_keys, pairs.text_keys)
     models = build_models(config, device)
     objective, matcher = models.objective, models.matcher
     optimizer = build_optimizer(objective, config)
@@ -110,6 +111,7 @@ def _train(config: TrainConfig, here: Launch, progress: StepCallback | None) -> 
                 mask,
                 torch.tensor(image_keys, device=device),
                 torch.tensor(text_keys, device=device),
+                known,
                 generator,
                 sam,
             )

@@ -9,13 +9,15 @@ pre-training.
   global batch with probability ∝ softmax(similarity / temperature) — the pairs ITC finds hardest to tell apart.
   The ITM head then classifies positives (label 1) and negatives (label 0). Loss = ITC + ITM.
 
-A pair's "positives" are all pairs that share its image or its (cleaned) caption: those are never drawn as
-negatives and share the ITC target mass, so repeated captions ("a red circle") or several captions of one photo
-do not teach the model that a true description is false.
+Which texts are true of which images comes from the whole training set (`KnownPairs`): text j is a positive of
+image i when the set pairs i's image with j's (cleaned) caption anywhere, so another caption of the same photo, a
+repeated caption ("a red circle") or a caption some other photo shares is never drawn as a negative, and shares
+the ITC target mass, instead of teaching the model that a true description is false.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +42,23 @@ class Losses:
     @property
     def total(self) -> torch.Tensor:
         return self.itc + self.itm
+
+
+class KnownPairs:
+    """Every (image key, text key) the training set pairs: the texts known to be true of each image.
+
+    Kept as one sorted tensor of codes `image · T + text` (T distinct texts), so the [images × texts] matrix of a
+    global batch is one `isin` (COCO's 566k pairs: 4.5 MB).
+    """
+
+    def __init__(self, image_keys: Sequence[int], text_keys: Sequence[int]) -> None:
+        self.texts = max(text_keys) + 1
+        self.codes = torch.unique(torch.tensor(image_keys) * self.texts + torch.tensor(text_keys))
+
+    def matrix(self, image_keys: torch.Tensor, text_keys: torch.Tensor) -> torch.Tensor:
+        """[i, j] = text j is known to be true of image i (bool; the diagonal of a batch's own pairs is True)."""
+        codes = image_keys[:, None] * self.texts + text_keys[None]
+        return torch.isin(codes, self.codes.to(codes.device))
 
 
 def sample_negatives(
@@ -67,6 +86,7 @@ def matching_losses(
     attention_mask: torch.Tensor,
     image_keys: torch.Tensor,
     text_keys: torch.Tensor,
+    known: KnownPairs,
     temperature: torch.Tensor,
     generator: torch.Generator,
 ) -> Losses:
@@ -81,15 +101,12 @@ def matching_losses(
     image_features = gather_with_grad(model.image_features(image_embeds)).float()
     text_features = gather_with_grad(model.text_features(input_ids, attention_mask)).float()
     logits = image_features @ text_features.T / temperature  # [G, G]: global images × global texts
-    all_image_keys, all_text_keys = gather(image_keys), gather(text_keys)
-    positives = (all_image_keys[:, None] == all_image_keys[None]) | (all_text_keys[:, None] == all_text_keys[None])
-    # Symmetric, so the same row-normalised targets serve image→text and text→image.
-    targets = positives.float() / positives.sum(dim=1, keepdim=True)
-    itc = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    positives = known.matrix(gather(image_keys), gather(text_keys))  # [G images, G texts]
+    itc = (F.cross_entropy(logits, _spread(positives)) + F.cross_entropy(logits.T, _spread(positives.T))) / 2
 
     with torch.no_grad():
         negative_texts, texts_valid = sample_negatives(logits[local], positives[local], generator)
-        negative_images, images_valid = sample_negatives(logits.T[local], positives[local], generator)
+        negative_images, images_valid = sample_negatives(logits.T[local], positives.T[local], generator)
     all_itm_ids, all_masks = gather(itm_input_ids), gather(attention_mask)
     all_image_embeds = gather_with_grad(image_embeds)
     output = model.itm(
@@ -107,6 +124,11 @@ def matching_losses(
     )
     itm = F.cross_entropy(output.logits.float(), labels, ignore_index=-100)
     return Losses(itc, itm)
+
+
+def _spread(positives: torch.Tensor) -> torch.Tensor:
+    """ITC targets: each row's mass shared equally by its positives (a batch's own pair always among them)."""
+    return positives.float() / positives.sum(dim=1, keepdim=True)
 
 
 class MatchingObjective(nn.Module):
@@ -132,6 +154,7 @@ class MatchingObjective(nn.Module):
         attention_mask: torch.Tensor,
         image_keys: torch.Tensor,
         text_keys: torch.Tensor,
+        known: KnownPairs,
         generator: torch.Generator,
         sam_embeddings: torch.Tensor | None = None,
     ) -> Losses:
@@ -151,6 +174,7 @@ class MatchingObjective(nn.Module):
             attention_mask,
             image_keys,
             text_keys,
+            known,
             self.temperature,
             generator,
         )
