@@ -14,16 +14,19 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import unicodedata
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from fusioncam.images import STDIN, is_url, printable
+
+T = TypeVar("T")
 
 ImageRef = Path | str  # an image file, an http(s) URL, or STDIN (the bytes of one image on standard input)
 
@@ -236,3 +239,11 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+def seeded_sample(items: Sequence[T], limit: int | None, seed: int) -> list[T]:
+    """`limit` items drawn without replacement with `seed`, kept in their order (all of them without a limit): a
+    quick run on a subset that is the same subset every time."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    return [items[index] for index in sorted(random.Random(seed).sample(range(len(items)), limit))]

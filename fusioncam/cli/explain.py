@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from fusioncam.cli import options
-from fusioncam.cli.common import check_device, check_out_dir, loading, usage_error
+from fusioncam.cli.common import check_device, check_out_dir, fail, loading, stderr, usage_error
 from fusioncam.cli.loaders import check_block, load_matcher, refiner_for, run_info, sam_preset_name
 from fusioncam.cli.run import (
     RunSettings,
@@ -19,6 +21,9 @@ from fusioncam.cli.run import (
     run_task,
     warn_truncated,
 )
+
+if TYPE_CHECKING:
+    from fusioncam.inputs import Failure, Pair
 
 
 def heatmap(
@@ -159,6 +164,27 @@ def vqa(
     ] = None,
     pairs: options.QuestionPairs = None,
     recursive: options.Recursive = False,
+    questions: Annotated[
+        Path | None,
+        typer.Option(
+            help="A VQAv2 or OK-VQA questions file (v2_OpenEnded_mscoco_val2014_questions.json, "
+            "OpenEnded_mscoco_val2014_questions.json): answer every question, images from --images.",
+        ),
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="With --questions: the folder of the split's COCO images (e.g. val2014/).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="With --questions: only N questions, drawn with --seed, in file order.")
+    ] = None,
+    results_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--results",
+            help='With --questions: the answers as the official results file [{"question_id", "answer"}, …] '
+            "(default: vqa-results.json under --out), ready for `fusioncam eval vqa --predictions`.",
+        ),
+    ] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="BLIP ITM preset whose heatmap picks patches.")] = (
         "blip-itm-large"
     ),
@@ -210,6 +236,8 @@ def vqa(
       fusioncam vqa dogs.jpg "what are the dogs carrying?" "how many dogs are there?"
 
       fusioncam vqa - --jsonl < questions.jsonl     # {"image": ..., "question": ...} per line
+
+      fusioncam vqa --questions v2_OpenEnded_mscoco_val2014_questions.json --images coco/val2014 --limit 1000
     """
     import torch
 
@@ -220,7 +248,14 @@ def vqa(
     if caption_min_length > caption_max_length:
         raise usage_error("--caption-min-length exceeds --caption-max-length")
     device = check_device(device)
-    inputs, total = pair_inputs(image, question or [], pairs, recursive, text_key="question")
+    if questions is not None:
+        if image is not None or pairs is not None:
+            raise usage_error("give IMAGE QUESTION, --pairs or --questions, one of them")
+        inputs, total = dataset_questions(questions, images, limit, seed)
+    elif images is not None or limit is not None or results_file is not None:
+        raise usage_error("--images, --limit and --results go with --questions (a VQAv2 or OK-VQA questions file)")
+    else:
+        inputs, total = pair_inputs(image, question or [], pairs, recursive, text_key="question")
     check_out_dir(out)
     matcher = load_matcher(model, device, encoder, fusion, sam_model, precision)
     check_block(matcher, block)
@@ -250,11 +285,50 @@ def vqa(
     results |= {"weights": run["weights"], "precision": run["precision"], "batch_size": batch_size}
     task = VQATask(pipeline, out, models, torch.Generator().manual_seed(seed), alpha, colormap, run, options=results)
     result = run_task(inputs, total, task, batch_size, jsonl, quiet, settings)
+    if questions is not None:
+        write_results(results_file or out / "vqa-results.json", result.records)
     columns = {
         "image": lambda r: r["image"], "question": lambda r: r["question"], "answer": lambda r: r["answer"],
         "answer map": lambda r: r["outputs"].get("answer_overlay", ""),
     }  # fmt: skip
     report_end(result, "answer(s)", out, None if jsonl else columns)
+
+
+def dataset_questions(
+    questions: Path, images: Path | None, limit: int | None, seed: int
+) -> tuple[Iterator[Pair | Failure], int | None]:
+    """The questions of a VQAv2/OK-VQA questions file as pairs (each record carries its `question_id`), `limit`
+    of them drawn with `seed`; every image checked before a model loads."""
+    from fusioncam.datasets import DatasetError, read_vqa_questions
+    from fusioncam.inputs import Pair, seeded_sample
+
+    if images is None:
+        raise usage_error("--questions needs --images, the folder of the split's COCO images (e.g. coco/val2014)")
+    try:
+        asked = seeded_sample(read_vqa_questions(questions), limit, seed)
+    except DatasetError as error:
+        raise usage_error(str(error)) from None
+    paths = {question.image_id: question.image_path(images) for question in asked}
+    if missing := [path for path in paths.values() if not path.is_file()]:
+        raise usage_error(f"{len(missing)} of the {len(paths)} images of {questions} are not there, e.g. {missing[0]}")
+    listed = [
+        Pair(paths[q.image_id], q.question, f"{questions.name}:{q.question_id}", Path(str(q.question_id)),
+             {"question_id": q.question_id})
+        for q in asked
+    ]  # fmt: skip
+    return iter(listed), len(listed)
+
+
+def write_results(path: Path, records: list[dict]) -> None:
+    """The official VQA results file of a run's answers (resumed ones included), in input order."""
+    from fusioncam.files import write_json
+
+    answers = [{"question_id": record["input"]["question_id"], "answer": record["answer"]} for record in records]
+    try:
+        write_json(path, answers)
+    except OSError as error:
+        raise fail(f"--results {path} cannot be written: {error.strerror or error}") from None
+    stderr.print(f"{len(answers)} answers in the official results format: {escape(str(path))}")
 
 
 def score(
