@@ -1,11 +1,13 @@
-"""Does the heatmap point at the object the text names? Pointing game and energy-based pointing game; and does
-the matcher tell true pairs from mismatched ones (ITM accuracy)?
+"""Does the heatmap point at the object the text names, does it show what the match depends on, and does the matcher
+tell true pairs from mismatched ones?
 
-For referring expressions with ground-truth boxes (`fusioncam synth` writes them as `referring.jsonl`):
-- pointing game: the heatmap's peak, at image resolution, falls inside the box (hit rate);
-- energy-based pointing game: the share of the heatmap's mass (after clamping at 0) inside the box.
-Both are compared with what a uniformly random point / a uniform map achieves, whose expected score is the box's
-share of the image — the baseline a heatmap must beat to carry information.
+Grounding (`evaluate_pointing`) on referring expressions with ground-truth boxes and, where the dataset outlines its
+objects, masks: `fusioncam synth`'s `referring.jsonl` or RefCOCO/RefCOCO+/RefCOCOg in their published layouts
+(`fusioncam.datasets.refcoco`). The metrics are `fusioncam.grounding`'s (pointing game within 15 px, energy,
+ALBEF's box accuracy over proposals), each beside what chance scores. Faithfulness (`evaluate_faithfulness`):
+deletion and insertion curves of the ITM match probability (`fusioncam.faithfulness`).
+
+Both write every record's score to a `ScoreJournal` when given one, so that a long run resumes where it stopped.
 
 ITM accuracy pairs each image with one of its own texts and with a text of another image that was never said of it,
 and counts how often the match probability falls on the right side of 0.5.
@@ -14,32 +16,53 @@ and counts how often the match probability falls on the right side of 0.5.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 
 from fusioncam.api import BlipMatcher, SamRefiner, explain_pairs
+from fusioncam.datasets.refcoco import Segmentation, object_mask, read_refcoco
 from fusioncam.explain.render import upsample_map
+from fusioncam.faithfulness import CausalSettings, deletion_insertion
+from fusioncam.grounding import (
+    POINTING_TOLERANCE,
+    Box,
+    GroundingReport,
+    GroundingScore,
+    score_grounding,
+    summarize_grounding,
+)
 from fusioncam.images import load_image
 from fusioncam.inputs import batched
+from fusioncam.score_journal import ScoreJournal, score_id
 from fusioncam.text import clean_caption
+
+RegionKind = Literal["box", "mask"]
 
 
 @dataclass(frozen=True)
 class Referring:
-    """An image, a text naming one object in it, and that object's box [x0, y0, x1, y1) in pixels."""
+    """An image, a text naming one object in it, the object's box (x0, y0, x1, y1) in pixels and, when the dataset
+    outlines its objects, the COCO segmentation; `image_id` is the COCO id proposals are filed under."""
 
     image: Path
     text: str
-    box: tuple[int, int, int, int]
+    box: tuple[float, float, float, float]
+    segmentation: Segmentation | None = None
+    image_id: int | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """What tells this record from every other of a dataset (the key of its score in a journal)."""
+        return {"image": str(self.image), "text": self.text, "box": list(self.box)}
 
 
 def read_referring(path: str | Path) -> list[Referring]:
-    """Records `{"image", "text", "box"}` of a JSONL file; image paths are relative to the file."""
+    """Records `{"image", "text", "box": [x0, y0, x1, y1]}` of a JSONL file (`fusioncam synth`'s
+    referring.jsonl); image paths are relative to the file."""
     path = Path(path)
     records = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -47,7 +70,7 @@ def read_referring(path: str | Path) -> list[Referring]:
             continue
         try:
             record = json.loads(line)
-            box = tuple(int(value) for value in record["box"])
+            box = tuple(float(value) for value in record["box"])
             if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
                 raise ValueError(f"box {record['box']} is not [x0, y0, x1, y1] with x1 > x0 and y1 > y0")
             records.append(Referring(path.parent / record["image"], str(record["text"]), box))
@@ -58,62 +81,82 @@ def read_referring(path: str | Path) -> list[Referring]:
     return records
 
 
-@dataclass(frozen=True)
-class PointingScore:
-    """One record's scores: hit (peak in box), energy (mass share in box), and the box's share of the image."""
+def read_grounding_data(
+    path: Path, images: Path | None = None, instances: Path | None = None, split: str | None = None
+) -> list[Referring]:
+    """The referring expressions of `path`: a synth `referring.jsonl` (records with "text" and "box"), or a
+    RefCOCO file (refer pickle with `instances`, or a parquet/JSON/JSONL conversion) whose images lie under
+    `images`, only `split` when given."""
+    if _is_synth_jsonl(path):
+        if split is not None or instances is not None:
+            raise ValueError(f"{path} is a synth referring.jsonl: --split and --instances are for RefCOCO files")
+        return read_referring(path)
+    if images is None:
+        raise ValueError(f"{path} is a RefCOCO file: --images must name the COCO images root (holding train2014/)")
+    return [
+        Referring(images / item.image, item.text, item.box, item.segmentation, item.image_id)
+        for item in read_refcoco(path, split, instances)
+    ]
 
-    hit: bool
-    energy: float
-    box_share: float
+
+def _is_synth_jsonl(path: Path) -> bool:
+    if path.suffix != ".jsonl":
+        return False
+    with path.open(encoding="utf-8") as lines:
+        first = next((line for line in lines if line.strip()), "")
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return True  # read_referring names the broken line
+    return isinstance(record, dict) and "box" in record and "sentences" not in record
+
+
+def read_proposals(path: Path) -> dict[int, list[Box]]:
+    """Detection proposals per image: a JSON object `{"<COCO image id>": [[x, y, w, h], …], …}`."""
+    from fusioncam.datasets.json_fields import load_json
+
+    data = load_json(path, "proposals")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: proposals are an object of image id → [[x, y, w, h], …]")
+    try:
+        return {int(key): [Box.from_xywh(box) for box in boxes] for key, boxes in data.items()}
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: not image id → [[x, y, w, h], …] ({error})") from None
+
+
+@dataclass(frozen=True)
+class GroundingSettings:
+    """What a grounding score depends on besides the map: the region (the box, or the object's mask), the pointing
+    tolerance in pixels, and the proposals per COCO image id (box accuracy) when given."""
+
+    region: RegionKind = "box"
+    tolerance: float = POINTING_TOLERANCE
+    proposals: Mapping[int, Sequence[Box]] | None = None
+
+
+# The strict pointing game, the peak inside the box: what the figures on synthetic scenes use, whose 64-192 px images a
+# 15 px tolerance would largely cover (a random point would hit most of the time).
+PEAK_IN_BOX = GroundingSettings(tolerance=0.0)
 
 
 def score_map(
-    heatmap: np.ndarray | torch.Tensor, box: tuple[int, int, int, int], image_hw: tuple[int, int]
-) -> PointingScore:
-    """Pointing and energy scores of a grid heatmap for a box, both measured at the image's resolution (where a
-    map meets pixels, so in numpy, as the pictures are drawn)."""
-    height, width = image_hw
-    full = np.clip(upsample_map(np.asarray(heatmap), (height, width)), 0, None)
-    x0, y0, x1, y1 = (int(value) for value in box)
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-    y, x = np.unravel_index(int(np.argmax(full)), full.shape)
-    total = float(full.sum())
-    inside = float(full[y0:y1, x0:x1].sum())
-    return PointingScore(
-        hit=bool(x0 <= x < x1 and y0 <= y < y1),
-        energy=inside / total if total > 0 else 0.0,
-        box_share=(x1 - x0) * (y1 - y0) / (height * width),
-    )
-
-
-@dataclass
-class PointingReport:
-    """Accuracy of the peak, mean energy share, and the uniform baselines, over `count` records."""
-
-    encoder: str
-    count: int
-    pointing: float
-    energy: float
-    random_pointing: float
-    random_energy: float
-    scores: list[PointingScore] = field(default_factory=list, repr=False)
-
-    def to_dict(self) -> dict:
-        return {key: value for key, value in asdict(self).items() if key != "scores"}
-
-
-def summarize(encoder: str, scores: Sequence[PointingScore]) -> PointingReport:
-    shares = [score.box_share for score in scores]
-    return PointingReport(
-        encoder=encoder,
-        count=len(scores),
-        pointing=float(np.mean([score.hit for score in scores])),
-        energy=float(np.mean([score.energy for score in scores])),
-        # A uniformly random point lands in the box with probability = its share; a uniform map puts that share there.
-        random_pointing=float(np.mean(shares)),
-        random_energy=float(np.mean(shares)),
-        scores=list(scores),
-    )
+    heatmap: np.ndarray | torch.Tensor, record: Referring, image_hw: tuple[int, int], settings: GroundingSettings
+) -> GroundingScore:
+    """The grounding scores of a grid heatmap for one record, measured at the image's resolution (where a map meets
+    pixels, so in numpy, as the pictures are drawn)."""
+    full = upsample_map(np.asarray(heatmap), image_hw)
+    box = Box(*record.box)
+    region: Box | np.ndarray = box
+    if settings.region == "mask":
+        if record.segmentation is None:
+            raise ValueError(f"{record.image}: {record.text!r} has no segmentation; use the box as the region")
+        region = object_mask(record.segmentation, *image_hw)
+    proposals = None
+    if settings.proposals is not None:
+        proposals = settings.proposals.get(record.image_id) if record.image_id is not None else None
+        if not proposals:
+            raise ValueError(f"no proposals for image {record.image_id} ({record.image})")
+    return score_grounding(full, region, proposals=proposals, box=box, tolerance=settings.tolerance)
 
 
 def evaluate_pointing(
@@ -122,24 +165,102 @@ def evaluate_pointing(
     block: int = 6,
     batch_size: int = 16,
     refiner: SamRefiner | None = None,
-    encoder: str = "blip",
+    settings: GroundingSettings = GroundingSettings(),
     on_batch: Callable[[int], None] | None = None,
-) -> PointingReport:
-    """Heatmap every record (refined by SAM when a refiner is given) and score it against its box; an image with
-    several records is decoded and encoded once per batch."""
-    scores: list[PointingScore] = []
-    for batch in batched(records, batch_size):
-        decoded = {path: load_image(path) for path in dict.fromkeys(record.image for record in batch)}
-        images = [decoded[record.image] for record in batch]
-        keys = [record.image for record in batch]
-        explained = explain_pairs(
-            matcher, images, [record.text for record in batch], keys=keys, block=block, refiner=refiner
-        )
-        for record, image, item in zip(batch, images, explained, strict=True):
-            scores.append(score_map(item.map, record.box, image.shape[:2]))
+    journal: ScoreJournal | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> GroundingReport:
+    """Heatmap every record (refined by SAM when a refiner is given) and score it against its object; an image
+    with several records is decoded and encoded once per batch. With a `journal`, records it holds for these
+    `options` (everything the caller's scores depend on) are not redone, and new ones are added as they come."""
+    scores: list[GroundingScore] = []
+    for batch, done, todo in _journaled(records, batch_size, journal, options):
+        scores.extend(GroundingScore(**score) for score in done)
+        if todo:
+            images = _decoded(todo)
+            explained = explain_pairs(
+                matcher, images, [record.text for _, record in todo], keys=[r.image for _, r in todo], block=block,
+                refiner=refiner,
+            )  # fmt: skip
+            for (ident, record), image, item in zip(todo, images, explained, strict=True):
+                score = score_map(item.map, record, image.shape[:2], settings)
+                scores.append(score)
+                if journal is not None:
+                    journal.add(ident, asdict(score))
         if on_batch is not None:
             on_batch(len(batch))
-    return summarize(encoder, scores)
+    return summarize_grounding(scores)
+
+
+def _journaled(
+    records: Sequence[Referring], batch_size: int, journal: ScoreJournal | None, options: Mapping[str, Any] | None
+) -> Iterator[tuple[list[Referring], list[dict[str, Any]], list[tuple[str, Referring]]]]:
+    """Batches of records, each with the scores the journal already holds for some of them and the records still
+    to score (with their journal ids)."""
+    for batch in batched(records, batch_size):
+        ids = [score_id(record.identity(), options or {}) for record in batch]
+        held = journal.done if journal is not None else {}
+        done = [held[ident] for ident in ids if ident in held]
+        todo = [(ident, record) for ident, record in zip(ids, batch, strict=True) if ident not in held]
+        yield batch, done, todo
+
+
+def _decoded(todo: Sequence[tuple[str, Referring]]) -> list[np.ndarray]:
+    """The images of a batch's records, each distinct file decoded once."""
+    decoded = {path: load_image(path) for path in dict.fromkeys(record.image for _, record in todo)}
+    return [decoded[record.image] for _, record in todo]
+
+
+@dataclass(frozen=True)
+class FaithfulnessReport:
+    """Mean deletion and insertion AUCs over `count` pairs (a faithful map: low deletion, high insertion)."""
+
+    count: int
+    deletion_auc: float
+    insertion_auc: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate_faithfulness(
+    matcher: BlipMatcher,
+    records: Sequence[Referring],
+    block: int = 6,
+    refiner: SamRefiner | None = None,
+    settings: CausalSettings = CausalSettings(),
+    on_record: Callable[[int], None] | None = None,
+    journal: ScoreJournal | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> FaithfulnessReport:
+    """Deletion and insertion curves of every record's heatmap (refined by SAM when a refiner is given), P(match)
+    given by `matcher` itself, the step images scored `settings.batch_size` at a time. Journaled as
+    `evaluate_pointing` is."""
+    curves: list[dict[str, Any]] = []
+    for batch, done, todo in _journaled(records, 1, journal, options):
+        curves.extend(done)
+        for (ident, record), image in zip(todo, _decoded(todo), strict=True):
+            (explained,) = explain_pairs(matcher, [image], [record.text], block=block, refiner=refiner)
+            saliency = upsample_map(np.asarray(explained.map), image.shape[:2])
+            result = deletion_insertion(image, saliency, _probability_of(matcher, record.text), settings)
+            summary = result.to_dict()
+            curves.append(summary)
+            if journal is not None:
+                journal.add(ident, summary)
+        if on_record is not None:
+            on_record(len(batch))
+    return FaithfulnessReport(
+        count=len(curves),
+        deletion_auc=float(np.mean([curve["deletion_auc"] for curve in curves])),
+        insertion_auc=float(np.mean([curve["insertion_auc"] for curve in curves])),
+    )
+
+
+def _probability_of(matcher: BlipMatcher, text: str) -> Callable[[list[np.ndarray]], list[float]]:
+    def probability(images: list[np.ndarray]) -> list[float]:
+        return [group[0] for group in match_probabilities(matcher, images, [[text]] * len(images))]
+
+    return probability
 
 
 class ImageText(Protocol):

@@ -62,7 +62,7 @@ from safetensors.torch import save_file
 
 from fusioncam.api import QuestionAnswerer, load, load_captioner, load_qa, load_sam
 from fusioncam.checkpoints import T5_TIED_KEYS
-from fusioncam.evaluate import evaluate_pointing, read_referring
+from fusioncam.evaluate import PEAK_IN_BOX, evaluate_pointing, read_referring
 from fusioncam.images import BLIP_MEAN, BLIP_STD, ImageTransform
 from fusioncam.models.blip import BlipCaption, BlipCaptionConfig, caption_loss
 from fusioncam.models.efficient_sam import EfficientSam, EfficientSamConfig
@@ -931,7 +931,8 @@ def _measure_all(
         work / "held-out", recipes.held_out_scenes, seed, image_size=itm_size, split=HELD_OUT_SPLIT, overwrite=True
     )
     matcher = load(presets["itm"], device="cpu")
-    pointing = evaluate_pointing(matcher, read_referring(held_out.referring_jsonl), recipes.itm.block, batch_size=64)
+    records = read_referring(held_out.referring_jsonl)
+    pointing = evaluate_pointing(matcher, records, recipes.itm.block, batch_size=64, settings=PEAK_IN_BOX)
     scenes = [
         synth_scene(index, seed, image_size=recipes.sam.image_size, split=HELD_OUT_SPLIT)[0]
         for index in range(recipes.held_out_scenes)

@@ -14,39 +14,53 @@ import fusioncam
 from fusioncam import evaluate
 from fusioncam.cli import app
 from fusioncam.evaluate import (
+    PEAK_IN_BOX,
+    GroundingSettings,
     Referring,
     itm_accuracy,
     match_probabilities,
     mismatched_texts,
     read_referring,
     score_map,
-    summarize,
 )
+from fusioncam.grounding import summarize_grounding
 from fusioncam.synth import synth_scene
+
+
+def _box_record(box: tuple[int, int, int, int]) -> Referring:
+    return Referring(Path("scene.png"), "a thing", box)
 
 
 def test_peak_inside_the_box_is_a_hit_and_energy_is_the_mass_share() -> None:
     heatmap = np.zeros((4, 4), np.float32)
     heatmap[1, 2] = 1.0  # grid cell (row 1, col 2) of a 40×40 image = pixels x 20–29, y 10–19
-    inside = score_map(heatmap, (20, 10, 30, 20), (40, 40))
-    assert inside.hit and inside.box_share == pytest.approx(100 / 1600)
-    outside = score_map(heatmap, (0, 30, 10, 40), (40, 40))
+    inside = score_map(heatmap, _box_record((20, 10, 30, 20)), (40, 40), PEAK_IN_BOX)
+    assert inside.hit and inside.region_share == pytest.approx(100 / 1600)
+    outside = score_map(heatmap, _box_record((0, 30, 10, 40)), (40, 40), PEAK_IN_BOX)
     assert not outside.hit and outside.energy == 0.0
     assert 0.3 < inside.energy <= 1.0  # bilinear upsampling spreads some mass beyond the cell
+    # The published game forgives 15 px: a peak at row 14 (a map at the image's resolution) is 15 px above a box
+    # whose top row is 29 (a hit), 16 px above one whose top row is 30 (a miss), 15 px again with no tolerance.
+    sharp = np.zeros((40, 40), np.float32)
+    sharp[14, 25] = 1.0
+    assert score_map(sharp, _box_record((20, 29, 30, 40)), (40, 40), GroundingSettings()).hit
+    assert not score_map(sharp, _box_record((20, 30, 30, 40)), (40, 40), GroundingSettings()).hit
+    assert not score_map(sharp, _box_record((20, 29, 30, 40)), (40, 40), PEAK_IN_BOX).hit
 
-    uniform = score_map(np.ones((4, 4), np.float32), (0, 0, 20, 40), (40, 40))
+    uniform = score_map(np.ones((4, 4), np.float32), _box_record((0, 0, 20, 40)), (40, 40), PEAK_IN_BOX)
     assert uniform.energy == pytest.approx(0.5)  # a uniform map puts the box's share of mass in the box
-    negative = score_map(-np.ones((4, 4), np.float32), (0, 0, 20, 40), (40, 40))
+    negative = score_map(-np.ones((4, 4), np.float32), _box_record((0, 0, 20, 40)), (40, 40), PEAK_IN_BOX)
     assert negative.energy == 0.0  # negative evidence is no evidence
 
 
 def test_summary_baseline_is_the_mean_box_share() -> None:
     heatmap = np.zeros((2, 2), np.float32)
     heatmap[0, 0] = 1.0
-    scores = [score_map(heatmap, box, (10, 10)) for box in [(0, 0, 5, 5), (5, 5, 10, 10), (0, 0, 10, 10)]]
-    report = summarize("blip", scores)
+    boxes = [(0, 0, 5, 5), (5, 5, 10, 10), (0, 0, 10, 10)]
+    report = summarize_grounding([score_map(heatmap, _box_record(box), (10, 10), PEAK_IN_BOX) for box in boxes])
     assert report.count == 3 and report.pointing == pytest.approx(2 / 3)
-    assert report.random_pointing == pytest.approx((0.25 + 0.25 + 1.0) / 3)
+    assert report.random_pointing == pytest.approx((0.25 + 0.25 + 1.0) / 3)  # with no tolerance: the box's share
+    assert report.random_energy == pytest.approx((0.25 + 0.25 + 1.0) / 3)
 
 
 def test_malformed_records_are_named(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ from typer.testing import CliRunner
 import fusioncam
 from fusioncam.api import SamRefiner, load_sam
 from fusioncam.cli import app
-from fusioncam.evaluate import evaluate_pointing, itm_accuracy, read_referring
+from fusioncam.evaluate import PEAK_IN_BOX, evaluate_pointing, itm_accuracy, read_referring
 from fusioncam.synth_models import ItmRecipe, SamRecipe, save_sam, train_sam
 from fusioncam.synth_models import one_thread as _one_thread
 from fusioncam.train import TrainConfig, run_name, train
@@ -154,15 +154,16 @@ def test_tiny_blip_learns_to_point_and_the_fusion_keeps_it(tmp_path: Path, one_t
     sam = load_sam(str(sam_preset), device="cpu")
     refiners = {blend: SamRefiner(sam, blend=blend, cache_size=HELD_OUT_SCENES) for blend in ("fork", "probability")}
     pointing = {
-        "blip": evaluate_pointing(blip, records, BLOCK, batch_size=64),
+        "blip": evaluate_pointing(blip, records, BLOCK, batch_size=64, settings=PEAK_IN_BOX),
         **{
-            f"esam, {blend} blend": evaluate_pointing(blip, records, BLOCK, 64, refiner, encoder="esam")
+            f"esam, {blend} blend": evaluate_pointing(blip, records, BLOCK, 64, refiner, PEAK_IN_BOX)
             for blend, refiner in refiners.items()
         },
-        "fused": evaluate_pointing(fused, records, BLOCK, batch_size=64, encoder="fused"),
+        "fused": evaluate_pointing(fused, records, BLOCK, batch_size=64, settings=PEAK_IN_BOX),
     }
     accuracy = {"blip": itm_accuracy(blip, records, negatives_seed=SEED), "fused": itm_accuracy(fused, records, SEED)}
     args = ["eval", "pointing", "--data", str(held_out / "referring.jsonl"), "--model", str(trained)]
+    args += ["--tolerance", "0"]  # the peak inside the box, as PEAK_IN_BOX
     cli_report = json.loads(_invoke(runner, [*args, "--block", str(BLOCK), "--device", "cpu", "--jsonl", "--quiet"]))
     args = ["eval", "itm", "--data", str(held_out / "referring.jsonl"), "--model", str(trained), "--encoder", "fused"]
     args += ["--fusion", str(fusion.weights), "--sam-model", str(sam_preset), "--seed", str(SEED)]

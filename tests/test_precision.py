@@ -19,7 +19,8 @@ from built_in import BuiltIn, load_built_in
 from typer.testing import CliRunner
 
 from fusioncam.cli import app
-from fusioncam.evaluate import read_referring, score_map, summarize
+from fusioncam.evaluate import PEAK_IN_BOX, read_referring, score_map
+from fusioncam.grounding import summarize_grounding
 from fusioncam.models.blip import BlipITM, BlipITMConfig
 from fusioncam.models.layers import FullPrecisionLinear
 from fusioncam.precision import resolve_precision
@@ -147,9 +148,8 @@ def test_heatmaps_and_scores_stay_with_fp32(precision: str, models: dict[str, Bu
     itm = max(abs(a.itm_score - b.itm_score) for a, b in zip(found["fp32"], found[precision], strict=True))
     itc = max(abs(a.itc_score - b.itc_score) for a, b in zip(found["fp32"], found[precision], strict=True))
     reports = {
-        name: summarize(
-            name,
-            [score_map(h.heatmap, r.box, i.shape[:2]) for h, r, i in zip(maps, referring, images, strict=True)],
+        name: summarize_grounding(
+            [score_map(h.heatmap, r, i.shape[:2], PEAK_IN_BOX) for h, r, i in zip(maps, referring, images, strict=True)]
         )
         for name, maps in found.items()
     }

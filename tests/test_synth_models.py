@@ -26,7 +26,7 @@ from built_in import BuiltIn, load_built_in
 
 import fusioncam
 from fusioncam.api import SamRefiner
-from fusioncam.evaluate import evaluate_pointing, read_referring, score_map
+from fusioncam.evaluate import PEAK_IN_BOX, Referring, evaluate_pointing, read_referring, score_map
 from fusioncam.synth import generate, synth_scene
 from fusioncam.synth_models import (
     DEMO_SPLIT,
@@ -106,7 +106,8 @@ def test_itm_points_at_the_named_object_in_held_out_scenes(
     tmp_path: Path, built_in: BuiltIn, single_thread: None
 ) -> None:
     data = generate(tmp_path, POINTING_SCENES, SEED, image_size=ITM.image_size, split=SPLIT)
-    report = evaluate_pointing(built_in.matcher, read_referring(data.referring_jsonl), ITM.block, batch_size=64)
+    records = read_referring(data.referring_jsonl)
+    report = evaluate_pointing(built_in.matcher, records, ITM.block, batch_size=64, settings=PEAK_IN_BOX)
     print(f"\nsynth-itm pointing {report.pointing:.3f} over {report.count} (random {report.random_pointing:.3f})")
     assert report.pointing >= MIN_POINTING
     assert report.pointing >= BASELINE_FACTOR * report.random_pointing
@@ -146,7 +147,8 @@ def test_demo_scene_is_held_out_and_the_built_in_set_gets_it_right(
     assert (demo.question, demo.answer) in [(q.question, q.answer) for q in description.questions]
 
     heatmap = built_in.matcher.heatmap(demo.image, demo.text, block=demo.block)
-    assert score_map(heatmap.heatmap, demo.box, demo.image.shape[:2]).hit  # the map's peak is on the object
+    record = Referring(Path("demo"), demo.text, demo.box)
+    assert score_map(heatmap.heatmap, record, demo.image.shape[:2], PEAK_IN_BOX).hit  # the map's peak is on the object
     refined = SamRefiner(built_in.sam).refine(["demo"], [demo.image], heatmap.heatmap[None])[0]
     mask = refined.mask.numpy()
     assert np.logical_and(mask, demo.mask).sum() / np.logical_or(mask, demo.mask).sum() >= MIN_MASK_IOU

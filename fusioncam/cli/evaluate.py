@@ -1,18 +1,27 @@
-"""`fusioncam eval pointing|itm|retrieval|vqa|gqa`: how well heatmaps localise, how well ITM tells true pairs from
-false ones, how well the matcher retrieves on COCO and Flickr30k, and how well answers score on VQAv2, OK-VQA and GQA,
-by the published metrics."""
+"""`fusioncam eval pointing|faithfulness|itm|retrieval|vqa|gqa`: how well heatmaps localise (synthetic scenes,
+RefCOCO) and show what the match depends on, how well ITM tells true pairs from false ones, how well the matcher
+retrieves on COCO and Flickr30k, and how well answers score on VQAv2, OK-VQA and GQA, by the published metrics.
+Pointing and faithfulness compare several encoders in one run and resume from their per-record scores."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from fusioncam import choices
 from fusioncam.cli import options
-from fusioncam.cli.common import fail, print_table, progress, usage_error, warn
+from fusioncam.cli.common import check_out_dir, fail, print_table, progress, usage_error, warn
 from fusioncam.cli.loaders import check_block, load_matcher, refiner_for, run_info, sam_preset_name
+
+if TYPE_CHECKING:
+    from fusioncam.api import BlipMatcher, SamRefiner
+    from fusioncam.evaluate import Referring
+    from fusioncam.score_journal import ScoreJournal
 
 app = typer.Typer(
     help="Measure how well heatmaps localise, how well ITM matches and retrieves, and score VQA and GQA answers.",
@@ -25,22 +34,168 @@ Report = Annotated[
 ]
 
 
+Encoders = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--encoder",
+        help="blip, esam (BLIP's map refined by EfficientSAM) or fused (needs --fusion); repeat it to compare "
+        "several side by side in one run.  [default: blip]",
+        show_default=False,
+    ),
+]
+GroundingData = Annotated[
+    Path,
+    typer.Option(
+        help='`fusioncam synth`\'s referring.jsonl ({"image", "text", "box": [x0, y0, x1, y1]}), or RefCOCO, '
+        "RefCOCO+ or RefCOCOg: refs(unc|google|umd).p with --instances, or a parquet/JSON/JSONL conversion with a "
+        "row per object (image_id, file_name, split, sentences, bbox as COCO [x, y, w, h]).",
+    ),
+]
+Images = Annotated[Path | None, typer.Option(help="RefCOCO: the COCO images root, the folder holding train2014/.")]
+Instances = Annotated[
+    Path | None, typer.Option(help="RefCOCO with a refs .p pickle: the instances.json of the same release.")
+]
+Split = Annotated[str | None, typer.Option(help="RefCOCO: only this split (val, testA, testB, test, train).")]
+SampleLimit = Annotated[
+    int | None, typer.Option(min=1, help="Only N records, drawn with --seed (the same N every time), in file order.")
+]
+SampleSeed = Annotated[int, typer.Option(help="Seed of the records --limit draws.")]
+EvalOut = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        "-o",
+        help="Folder for the per-record scores (what --resume reads back), the JSON report and the PNG chart.",
+    ),
+]
+EvalResume = Annotated[
+    bool,
+    typer.Option(
+        "--resume/--no-resume", help="Keep the per-record scores already under --out and score only the rest."
+    ),
+]
+
+
+@dataclass(frozen=True)
+class _Encoding:
+    """One encoder of a comparison, loaded: its matcher, refiner (esam) and what its scores depend on."""
+
+    name: str
+    matcher: BlipMatcher
+    refiner: SamRefiner | None
+    identity: dict[str, Any]
+
+
+def _encoders(
+    encoders: Sequence[str] | None,
+    model: str,
+    fusion: Path | None,
+    sam_model: str,
+    sam: dict[str, Any],
+    device: str,
+    precision: choices.PrecisionChoice,
+    compile_encoder: bool,
+) -> Iterator[_Encoding]:
+    """Each asked encoder loaded in turn (one at a time: a large BLIP and its fused twin need not share memory)."""
+    names = list(dict.fromkeys(encoders or ["blip"]))
+    if unknown := [name for name in names if name not in choices.ENCODERS]:
+        raise usage_error(f"--encoder {unknown[0]!r}: choose from {', '.join(choices.ENCODERS)}")
+    if "fused" in names and fusion is None:
+        raise usage_error("--encoder fused needs --fusion PATH (weights from `fusioncam train --what fusion`)")
+    if fusion is not None and "fused" not in names:
+        raise usage_error("--fusion is only used with --encoder fused")
+    for name in names:
+        own_fusion = fusion if name == "fused" else None
+        matcher = load_matcher(model, device, name, own_fusion, sam_model, precision, compile_encoder)
+        refiner = refiner_for(name, sam_model, device, **sam, precision=matcher.precision)
+        sam_preset = {"sam": sam_preset_name(sam_model)} if name != "blip" else {}
+        run = run_info(matcher, own_fusion, itm=model, **sam_preset)
+        identity = {"encoder": name, "precision": matcher.precision, "weights": run["weights"]}
+        yield _Encoding(name, matcher, refiner, identity | ({"sam_options": sam} if name == "esam" else {}))
+
+
+def _grounding_records(
+    data: Path, images: Path | None, instances: Path | None, split: str | None, limit: int | None, seed: int
+) -> list[Referring]:
+    from fusioncam.evaluate import read_grounding_data
+    from fusioncam.inputs import seeded_sample
+
+    if not data.is_file():
+        raise usage_error(f"--data file not found: {data}")
+    try:
+        records = seeded_sample(read_grounding_data(data, images, instances, split), limit, seed)
+    except ValueError as error:
+        raise usage_error(str(error)) from None
+    if missing := [path for path in dict.fromkeys(record.image for record in records) if not path.is_file()]:
+        raise usage_error(f"{len(missing)} image(s) of {data} are not there, e.g. {missing[0]}")
+    return records
+
+
+def _journal(out: Path | None, command: str, resume: bool) -> ScoreJournal | None:
+    from fusioncam.score_journal import ScoreJournal
+
+    if out is None:
+        if resume:
+            raise usage_error("--resume needs --out, the folder of the run to resume")
+        return None
+    check_out_dir(out)
+    return ScoreJournal(out / f"{command}-scores.jsonl", resume)
+
+
+def _comparison_outputs(
+    out: Path | None, command: str, figures: dict[str, dict[str, Any]], settings: dict[str, Any], chart: _ChartSpec
+) -> None:
+    """`--out`: the JSON report (every encoder's figures and the settings) and the chart of the compared figures."""
+    if out is None:
+        return
+    from fusioncam.explain.chart import save_comparison_chart
+
+    _write_report(out / f"{command}-report.json", {"encoders": figures, **settings})
+    values = {metric: {name: figures[name][metric] for name in figures} for metric in chart.metrics}
+    baselines = {metric: figures[next(iter(figures))][base] for metric, base in chart.baselines.items()}
+    save_comparison_chart(out / f"{command}-chart.png", chart.title, values, baselines=baselines, maximum=chart.maximum)
+
+
+@dataclass(frozen=True)
+class _ChartSpec:
+    """What a command's chart shows: its title, the figures compared (bars) and their chance baselines (lines)."""
+
+    title: str
+    metrics: tuple[str, ...]
+    baselines: dict[str, str]
+    maximum: float | None = 1.0
+
+
 @app.command("pointing")
 def eval_pointing(
-    data: Annotated[
-        Path,
-        typer.Option(help='JSONL of {"image", "text", "box": [x0, y0, x1, y1]} records (synth: referring.jsonl).'),
-    ],
+    data: GroundingData,
+    images: Images = None,
+    instances: Instances = None,
+    split: Split = None,
+    region: Annotated[
+        Literal["box", "mask"],
+        typer.Option(help="What counts as the object: its box, or its mask (RefCOCO's polygons)."),
+    ] = "box",
+    tolerance: Annotated[
+        float, typer.Option(min=0, help="Pointing game: a peak this many pixels from the object still hits.")
+    ] = 15.0,
+    proposals: Annotated[
+        Path | None,
+        typer.Option(help='Box accuracy (ALBEF): {"<COCO image id>": [[x, y, w, h], …]} detection proposals.'),
+    ] = None,
     model: options.Model = "blip-itm-base",
     block: options.Block = 6,
-    encoder: options.Encoder = "blip",
+    encoder: Encoders = None,
     fusion: options.Fusion = None,
     sam_model: options.SamModel = "vitt",
     points: options.Points = 5,
     sam_labels: options.SamLabels = "fork",
     sam_mask: options.SamMask = "first",
     sam_blend: options.SamBlend = "fork",
-    limit: options.Limit = None,
+    limit: SampleLimit = None,
+    seed: SampleSeed = 0,
+    out: EvalOut = None,
+    resume: EvalResume = False,
     device: options.Device = "auto",
     precision: options.Precision = "fp32",
     compile_encoder: options.Compile = False,
@@ -48,39 +203,153 @@ def eval_pointing(
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
 ) -> None:
-    """Pointing game (heatmap peak inside the object's box) and energy-based pointing game (heatmap mass in the
-    box), next to what a uniformly random point achieves.
+    """Pointing game (the heatmap's peak within --tolerance pixels of the object), energy-based pointing game (the
+    share of the heatmap's mass on the object) and, with --proposals, ALBEF's box accuracy, each next to what chance
+    scores.
 
-    Example: fusioncam synth --out scenes --n 500 && fusioncam eval pointing --data scenes/referring.jsonl
+    Examples:
+
+      fusioncam synth --out scenes --n 500 && fusioncam eval pointing --data scenes/referring.jsonl
+
+      fusioncam eval pointing --data refcoco+/refs(unc).p --instances refcoco+/instances.json --images coco
+      --split testA --encoder blip --encoder esam --out runs/refcoco+
     """
-    from fusioncam.evaluate import evaluate_pointing, read_referring
+    from fusioncam.evaluate import GroundingSettings, evaluate_pointing, read_proposals
     from fusioncam.images import ImageDecodeError
 
-    if not data.is_file():
-        raise usage_error(f"--data file not found: {data}")
+    records = _grounding_records(data, images, instances, split, limit, seed)
+    if region == "mask" and (bare := sum(record.segmentation is None for record in records)):
+        raise usage_error(f"--region mask: {bare} of the {len(records)} records of {data} have no segmentation")
     try:
-        records = read_referring(data)[:limit]
+        boxes = read_proposals(proposals) if proposals is not None else None
     except ValueError as error:
         raise usage_error(str(error)) from None
-    matcher = load_matcher(model, device, encoder, fusion, sam_model, precision, compile_encoder)
-    check_block(matcher, block)
-    refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend, matcher.precision)
-    with progress("pointing", len(records), quiet) as bar:
-        try:
-            report = evaluate_pointing(matcher, records, block, batch_size, refiner, encoder, bar.advance)
-        except ImageDecodeError as error:
-            raise fail(error) from None
-    summary = report.to_dict() | {"model": matcher.name, "block": block, "data": str(data)}
-    summary["precision"] = matcher.precision
+    settings = GroundingSettings(region, tolerance, boxes)
+    sam = {"points": points, "sam_labels": sam_labels, "sam_mask": sam_mask, "sam_blend": sam_blend}
+    journal = _journal(out, "pointing", resume)
+    figures: dict[str, dict[str, Any]] = {}
+    for loaded in _encoders(encoder, model, fusion, sam_model, sam, device, precision, compile_encoder):
+        check_block(loaded.matcher, block)
+        scored = loaded.identity | {
+            "block": block,
+            "region": region,
+            "tolerance": tolerance,
+            "proposals": str(proposals),
+        }
+        with progress(f"pointing ({loaded.name})", len(records), quiet) as bar:
+            try:
+                report = evaluate_pointing(
+                    loaded.matcher, records, block, batch_size, loaded.refiner, settings, bar.advance, journal, scored
+                )
+            except (ImageDecodeError, ValueError) as error:
+                raise fail(error) from None
+        figures[loaded.name] = report.to_dict() | {"model": loaded.matcher.name, "precision": loaded.matcher.precision}
+        if jsonl:
+            print(json.dumps({"encoder": loaded.name, **figures[loaded.name], "block": block, "data": str(data)}))
+    if journal is not None:
+        journal.close()
+    settings_out = {"data": str(data), "split": split, "block": block, "region": region, "tolerance": tolerance}
+    settings_out |= {"proposals": str(proposals) if proposals else None, "limit": limit, "seed": seed}
+    chart = _ChartSpec(
+        f"Grounding on {data.name}" + (f" ({split})" if split else ""),
+        ("pointing", "energy") + (("box_accuracy",) if boxes else ()),
+        {"pointing": "random_pointing", "energy": "random_energy"}
+        | ({"box_accuracy": "random_box_accuracy"} if boxes else {}),
+    )
+    _comparison_outputs(out, "pointing", figures, settings_out, chart)
     if jsonl:
-        print(json.dumps(summary))
         return
+    headers = ["encoder", "records", "pointing", "random point", "energy", "uniform map"]
+    headers += ["box accuracy", "random box"] if boxes else []
+    rows = []
+    for name, figure in figures.items():
+        row = [name, str(figure["count"]), f"{figure['pointing']:.3f}", f"{figure['random_pointing']:.3f}",
+               f"{figure['energy']:.3f}", f"{figure['random_energy']:.3f}"]  # fmt: skip
+        row += [f"{figure['box_accuracy']:.3f}", f"{figure['random_box_accuracy']:.3f}"] if boxes else []
+        rows.append(row)
+    print_table(headers, rows, title=str(data))
+
+
+@app.command("faithfulness")
+def eval_faithfulness(
+    data: GroundingData,
+    images: Images = None,
+    instances: Instances = None,
+    split: Split = None,
+    steps: Annotated[
+        int,
+        typer.Option(min=1, help="Pixels removed or restored in this many equal shares (model calls + 1 per curve)."),
+    ] = 50,
+    fill: Annotated[
+        int, typer.Option(min=0, max=255, help="Deletion: the grey level removed pixels take (0: black).")
+    ] = 0,
+    model: options.Model = "blip-itm-base",
+    block: options.Block = 6,
+    encoder: Encoders = None,
+    fusion: options.Fusion = None,
+    sam_model: options.SamModel = "vitt",
+    points: options.Points = 5,
+    sam_labels: options.SamLabels = "fork",
+    sam_mask: options.SamMask = "first",
+    sam_blend: options.SamBlend = "fork",
+    limit: SampleLimit = None,
+    seed: SampleSeed = 0,
+    out: EvalOut = None,
+    resume: EvalResume = False,
+    device: options.Device = "auto",
+    precision: options.Precision = "fp32",
+    compile_encoder: options.Compile = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Step images per forward pass.")] = 16,
+    jsonl: options.Jsonl = False,
+    quiet: options.Quiet = False,
+) -> None:
+    """Deletion and insertion (RISE): the ITM match probability as the image's pixels are removed, or restored
+    into a blurred copy, in the order of the heatmap. A map that shows what the match depends on makes the deletion
+    curve fall fast (low area) and the insertion curve rise fast (high area). Each record costs 2 × (--steps + 1)
+    forward passes.
+
+    Example: fusioncam eval faithfulness --data scenes/referring.jsonl --limit 200 --encoder blip --encoder esam
+    --out runs/faithfulness
+    """
+    from fusioncam.evaluate import evaluate_faithfulness
+    from fusioncam.faithfulness import CausalSettings
+    from fusioncam.images import ImageDecodeError
+
+    records = _grounding_records(data, images, instances, split, limit, seed)
+    causal = CausalSettings(steps=steps, fill=fill, batch_size=batch_size)
+    sam = {"points": points, "sam_labels": sam_labels, "sam_mask": sam_mask, "sam_blend": sam_blend}
+    journal = _journal(out, "faithfulness", resume)
+    figures: dict[str, dict[str, Any]] = {}
+    for loaded in _encoders(encoder, model, fusion, sam_model, sam, device, precision, compile_encoder):
+        check_block(loaded.matcher, block)
+        scored = loaded.identity | {"block": block, "steps": steps, "fill": fill}
+        with progress(f"faithfulness ({loaded.name})", len(records), quiet) as bar:
+            try:
+                report = evaluate_faithfulness(
+                    loaded.matcher, records, block, loaded.refiner, causal, bar.advance, journal, scored
+                )
+            except (ImageDecodeError, ValueError) as error:
+                raise fail(error) from None
+        figures[loaded.name] = report.to_dict() | {"model": loaded.matcher.name, "precision": loaded.matcher.precision}
+        if jsonl:
+            print(json.dumps({"encoder": loaded.name, **figures[loaded.name], "block": block, "data": str(data)}))
+    if journal is not None:
+        journal.close()
+    settings_out = {"data": str(data), "split": split, "block": block, "steps": steps, "fill": fill}
+    settings_out |= {"limit": limit, "seed": seed}
+    chart = _ChartSpec(f"Deletion / insertion on {data.name}", ("deletion_auc", "insertion_auc"), {})
+    _comparison_outputs(out, "faithfulness", figures, settings_out, chart)
+    if jsonl:
+        return
+    rows = [
+        [name, str(figure["count"]), f"{figure['deletion_auc']:.3f}", f"{figure['insertion_auc']:.3f}"]
+        for name, figure in figures.items()
+    ]
     print_table(
-        ["encoder", "records", "pointing", "random point", "energy", "uniform map"],
-        [[encoder, str(report.count), f"{report.pointing:.3f}", f"{report.random_pointing:.3f}",
-          f"{report.energy:.3f}", f"{report.random_energy:.3f}"]],
+        ["encoder", "records", "deletion AUC (lower is better)", "insertion AUC (higher is better)"],
+        rows,
         title=str(data),
-    )  # fmt: skip
+    )
 
 
 @app.command("itm")
