@@ -176,9 +176,15 @@ def test_eval_retrieval_reports_lavis_figures(
 ) -> None:
     data, report = dataset / "coco_karpathy_test.json", tmp_path / "report.json"
     args = ["--model", preset, "--device", "cpu", "--batch-size", "5", "--quiet"]
-    result = run("eval", "retrieval", "--data", data, "--images", dataset, "--k-test", 3, "--report", report, *args)
+    chart = tmp_path / "recall.png"
+    result = run(
+        "eval", "retrieval", "--data", data, "--images", dataset, "--k-test", 3, "--report", report, "--chart", chart,
+        *args,
+    )  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.splitlines()[0].split("\t") == LAVIS_KEYS  # piped: a tab-separated table
+    assert result.stdout.splitlines()[0].split("\t") == ["encoder", *LAVIS_KEYS]  # piped: a tab-separated table
+    assert result.stdout.splitlines()[1].split("\t")[0] == "blip"
+    assert cv2.imread(str(chart)) is not None
     written = json.loads(report.read_text())
     expected = lavis_report(*lavis_matrices(*pairwise, 3), split)
     assert {key: written[key] for key in LAVIS_KEYS} == pytest.approx(expected)
@@ -206,3 +212,5 @@ def test_eval_retrieval_names_what_is_wrong(dataset: Path, preset: Path, tmp_pat
     assert wrong.exit_code == 2 and "as in a train split" in wrong.stderr
     fused = run("eval", "retrieval", "--data", data, "--images", dataset, "--model", preset, "--encoder", "fused")
     assert fused.exit_code == 2 and "--fusion" in fused.stderr
+    esam = run("eval", "retrieval", "--data", data, "--images", dataset, "--model", preset, "--encoder", "esam")
+    assert esam.exit_code == 2 and "not scores" in esam.stderr

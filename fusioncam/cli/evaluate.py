@@ -107,7 +107,7 @@ def _encoders(
     for name in names:
         own_fusion = fusion if name == "fused" else None
         matcher = load_matcher(model, device, name, own_fusion, sam_model, precision, compile_encoder)
-        refiner = refiner_for(name, sam_model, device, **sam, precision=matcher.precision)
+        refiner = refiner_for(name, sam_model, device, **sam, precision=matcher.precision) if name == "esam" else None
         sam_preset = {"sam": sam_preset_name(sam_model)} if name != "blip" else {}
         run = run_info(matcher, own_fusion, itm=model, **sam_preset)
         identity = {"encoder": name, "precision": matcher.precision, "weights": run["weights"]}
@@ -436,9 +436,19 @@ def eval_retrieval(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the images --limit draws.")] = 0,
     model: options.Model = "blip-itm-base",
-    encoder: Annotated[Literal["blip", "fused"], typer.Option(help="blip or fused (needs --fusion).")] = "blip",
+    encoder: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--encoder",
+            help="blip or fused (needs --fusion); repeat it to compare both in one run.  [default: blip]",
+            show_default=False,
+        ),
+    ] = None,
     fusion: options.Fusion = None,
     sam_model: options.SamModel = "vitt",
+    chart: Annotated[
+        Path | None, typer.Option(help="Draw the recalls of every encoder side by side as a PNG here.")
+    ] = None,
     device: options.Device = "auto",
     precision: options.Precision = "fp32",
     compile_encoder: options.Compile = False,
@@ -474,36 +484,44 @@ def eval_retrieval(
         )
     if k_test < 10:
         warn(f"--k-test {k_test}: candidates past the shortlist all score -100, and R@10 orders those ties by index")
-    matcher = load_matcher(model, device, encoder, fusion, sam_model, precision, compile_encoder)
-    with progress("encoding", len(split.images) + len(split.texts), quiet) as bar:
-        try:
-            features = encode_split(matcher, split, images, batch_size, bar.advance)
-        except ImageDecodeError as error:
-            raise fail(error) from None
-    candidates = shortlist(features, k_test)
-    with progress("re-ranking", int(candidates.pairs().sum()), quiet) as bar:
-        scores = rerank(matcher, features, candidates, batch_size, bar.advance)
-    figures = retrieval_metrics(scores, split).to_dict()
-    settings = {
-        "model": matcher.name,
-        "encoder": encoder,
-        "precision": matcher.precision,
-        "data": str(data),
-        "images": str(images),
-        "num_images": len(split.images),
-        "num_texts": len(split.texts),
-        "k_test": k_test,
-        "max_words": max_words,
-        "limit": limit,
-        "seed": seed if limit is not None else None,
-        "run": run_info(matcher, fusion, itm=model, **({"sam": sam_preset_name(sam_model)} if fusion else {})),
-    }
-    _write_report(report, figures | settings)
+    if "esam" in (encoder or []):
+        raise usage_error("--encoder esam refines heatmaps, not scores: retrieval compares blip and fused")
+    _check_report(chart)
+    shared = {"data": str(data), "images": str(images), "num_images": len(split.images), "num_texts": len(split.texts)}
+    shared |= {"k_test": k_test, "max_words": max_words, "limit": limit, "seed": seed if limit is not None else None}
+    figures: dict[str, dict[str, Any]] = {}
+    for loaded in _encoders(encoder, model, fusion, sam_model, {}, device, precision, compile_encoder):
+        matcher = loaded.matcher
+        with progress(f"encoding ({loaded.name})", len(split.images) + len(split.texts), quiet) as bar:
+            try:
+                features = encode_split(matcher, split, images, batch_size, bar.advance)
+            except ImageDecodeError as error:
+                raise fail(error) from None
+        candidates = shortlist(features, k_test)
+        with progress(f"re-ranking ({loaded.name})", int(candidates.pairs().sum()), quiet) as bar:
+            scores = rerank(matcher, features, candidates, batch_size, bar.advance)
+        own_fusion = fusion if loaded.name == "fused" else None
+        sam = {"sam": sam_preset_name(sam_model)} if own_fusion else {}
+        figures[loaded.name] = retrieval_metrics(scores, split).to_dict() | {
+            "model": matcher.name,
+            "encoder": loaded.name,
+            "precision": matcher.precision,
+            "run": run_info(matcher, own_fusion, itm=model, **sam),
+        }
+        if jsonl:
+            print(json.dumps(figures[loaded.name] | shared))
+    # One encoder: LAVIS's figures at the top level, as its logs have them; several: one such object per encoder.
+    _write_report(report, (next(iter(figures.values())) if len(figures) == 1 else {"encoders": figures}) | shared)
+    recalls = ["txt_r1", "txt_r5", "txt_r10", "txt_r_mean", "img_r1", "img_r5", "img_r10", "img_r_mean", "r_mean"]
+    if chart is not None:
+        from fusioncam.explain.chart import save_comparison_chart
+
+        values = {name: {encoder: figures[encoder][name] for encoder in figures} for name in recalls}
+        save_comparison_chart(chart, f"Retrieval on {data.name} (recall, %)", values, maximum=100.0)
     if jsonl:
-        print(json.dumps(figures | settings))
         return
-    names = [name for name in figures if name != "agg_metrics"]
-    print_table(names, [[f"{figures[name]:.2f}" for name in names]], title=f"{data} ({len(split.images)} images)")
+    rows = [[name, *(f"{figure[metric]:.2f}" for metric in recalls)] for name, figure in figures.items()]
+    print_table(["encoder", *recalls], rows, title=f"{data} ({len(split.images)} images)")
 
 
 @app.command("vqa")
