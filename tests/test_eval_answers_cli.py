@@ -160,3 +160,23 @@ def test_scoring_imports_no_torch(vqa_files: dict[str, Path], tmp_path: Path) ->
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert "HEAVY []" in result.stdout
+
+
+def test_eval_vqa_compares_named_runs_side_by_side(vqa_files: dict[str, Path], tmp_path: Path) -> None:
+    """Run "a" answers cat / yes / 2, run "b" dog / no / 2. Question 1 (3 of 10 humans say cat, 7 say dog): cat
+    scores the mean over the ten leave-one-out subsets of min(matches / 3, 1) = (3 · 2/3 + 7 · 1) / 10 = 90 %, dog
+    100 %; question 2 (all yes): 100 and 0; question 3 (all 2): 100 and 100."""
+    a = write(tmp_path / "run-a.json", [{"question_id": q, "answer": t} for q, t in [(1, "cat"), (2, "yes"), (3, "2")]])
+    b = write(tmp_path / "run-b.json", [{"question_id": q, "answer": t} for q, t in [(1, "dog"), (2, "no"), (3, "2")]])
+    report, chart = tmp_path / "report.json", tmp_path / "chart.png"
+    result = run("eval", "vqa", "--annotations", vqa_files["annotations"], "--predictions", f"a={a}",
+                 "--predictions", f"b={b}", "--report", report, "--chart", chart)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    header, *rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert header == ["run", "questions", "overall", "number", "other", "yes/no"]
+    assert rows == [["a", "3", "96.67", "100.00", "90.00", "100.00"], ["b", "3", "66.67", "100.00", "100.00", "0.00"]]
+    runs = json.loads(report.read_text())["runs"]
+    assert (runs["a"]["overall"], runs["b"]["overall"]) == (96.67, 66.67)
+    assert chart.stat().st_size > 0
+    twice = run("eval", "vqa", "--annotations", vqa_files["annotations"], "--predictions", a, "--predictions", a)
+    assert twice.exit_code == 2 and "NAME=FILE" in twice.stderr

@@ -530,7 +530,13 @@ def eval_vqa(
         Path,
         typer.Option(help="Annotations file of the split, e.g. v2_mscoco_val2014_annotations.json (VQAv2, OK-VQA)."),
     ],
-    predictions: Annotated[Path, typer.Option(help='Results file: [{"question_id": int, "answer": str}, …].')],
+    predictions: Annotated[
+        list[str],
+        typer.Option(
+            help='Results file: [{"question_id": int, "answer": str}, …]. Repeat it as NAME=FILE to compare several '
+            "runs side by side (e.g. `fusioncam vqa --questions` once per --encoder).",
+        ),
+    ],
     questions: Annotated[
         Path | None,
         typer.Option(help="Questions file of the split; when given, the annotations are checked to belong to it."),
@@ -543,6 +549,7 @@ def eval_vqa(
         ),
     ] = "2016",
     report: Report = None,
+    chart: Annotated[Path | None, typer.Option(help="Several runs: draw their accuracies side by side here.")] = None,
     jsonl: options.Jsonl = False,
 ) -> None:
     """VQA accuracy of a results file, as the official VQA evaluation script computes it (no model runs).
@@ -552,30 +559,68 @@ def eval_vqa(
     out of every figure, which is then comparable with published ones only when that count is 0. An answer to a
     question that is not annotated is an error.
 
-    Example: fusioncam eval vqa --annotations v2_mscoco_val2014_annotations.json --predictions results.json
+    Examples:
+
+      fusioncam eval vqa --annotations v2_mscoco_val2014_annotations.json --predictions results.json
+
+      fusioncam eval vqa --annotations A.json --predictions blip=blip/vqa-results.json
+      --predictions fused=fused/vqa-results.json --chart vqa.png
     """
     from fusioncam.datasets import read_vqa_annotations, read_vqa_predictions, read_vqa_questions
     from fusioncam.vqa_accuracy import score_vqa
 
     _check_report(report)
+    _check_report(chart)
+    files = _named_files(predictions, "--predictions")
     try:
         asked = read_vqa_questions(questions) if questions is not None else None
-        scores = score_vqa(read_vqa_annotations(annotations, asked), read_vqa_predictions(predictions), script)
+        truth = read_vqa_annotations(annotations, asked)
+        scores = {name: score_vqa(truth, read_vqa_predictions(path), script) for name, path in files.items()}
     except ValueError as error:
         raise usage_error(str(error)) from None
-    _warn_unanswered(len(scores.unanswered), len(scores.per_question), annotations, predictions)
-    result = scores.to_dict()
-    _write_report(report, result)
+    for name, scored in scores.items():
+        _warn_unanswered(len(scored.unanswered), len(scored.per_question), annotations, files[name])
+    results = {name: scored.to_dict() for name, scored in scores.items()}
+    # One file: its figures at the top level, as before; several: one such object per named run.
+    _write_report(report, next(iter(results.values())) if len(results) == 1 else {"runs": results})
+    types = sorted({kind for scored in scores.values() for kind in scored.answer_type_counts})
+    if chart is not None:
+        figures = {"overall": {name: scored.overall for name, scored in scores.items()}}
+        figures |= {kind: {name: s.per_answer_type.get(kind, 0.0) for name, s in scores.items()} for kind in types}
+        from fusioncam.explain.chart import save_comparison_chart
+
+        save_comparison_chart(chart, f"VQA accuracy on {annotations.name} (%)", figures, maximum=100.0)
     if jsonl:
-        _print_summary(result, script=script, annotations=str(annotations), predictions=str(predictions))
+        for name, result in results.items():
+            sources = {"script": script, "annotations": str(annotations), "predictions": str(files[name])}
+            _print_summary(result, **sources, **({"name": name} if len(files) > 1 else {}))
         return
-    counts = scores.answer_type_counts
-    rows = [[name, str(counts[name]), f"{scores.per_answer_type[name]:.2f}"] for name in sorted(counts)]
-    print_table(
-        ["answer type", "questions", "accuracy"],
-        [*rows, ["overall", str(len(scores.per_question)), f"{scores.overall:.2f}"]],
-        title=str(predictions),
-    )
+    if len(scores) == 1:
+        ((name, scored),) = scores.items()
+        counts = scored.answer_type_counts
+        rows = [[kind, str(counts[kind]), f"{scored.per_answer_type[kind]:.2f}"] for kind in sorted(counts)]
+        overall = ["overall", str(len(scored.per_question)), f"{scored.overall:.2f}"]
+        print_table(["answer type", "questions", "accuracy"], [*rows, overall], title=str(files[name]))
+        return
+    rows = [
+        [name, str(len(scored.per_question)), f"{scored.overall:.2f}",
+         *(f"{scored.per_answer_type[kind]:.2f}" if kind in scored.per_answer_type else "-" for kind in types)]
+        for name, scored in scores.items()
+    ]  # fmt: skip
+    print_table(["run", "questions", "overall", *types], rows, title=str(annotations))
+
+
+def _named_files(values: list[str], option: str) -> dict[str, Path]:
+    """`NAME=FILE` (or a bare FILE, named by its stem) per value, names unique."""
+    named: dict[str, Path] = {}
+    for value in values:
+        name, equals, path = value.partition("=")
+        if not equals:
+            name, path = Path(value).stem, value
+        if name in named:
+            raise usage_error(f"{option}: two files named {name!r}; name each NAME=FILE")
+        named[name] = Path(path)
+    return named
 
 
 @app.command("gqa")

@@ -38,11 +38,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from fusioncam.datasets.json_fields import DatasetError, load_json, require
+
+if TYPE_CHECKING:
+    import numpy as np
 
 T = TypeVar("T")
 
@@ -109,6 +110,8 @@ def read_refcoco(
 def object_mask(segmentation: Segmentation, height: int, width: int) -> np.ndarray:
     """The object's pixels in a `height` × `width` image as a bool array (see the module notes for which pixels
     a polygon covers)."""
+    import numpy as np  # here: the readers, and the scoring commands that import this package, need no numpy
+
     _check_segmentation(segmentation)
     if isinstance(segmentation, Mapping):
         return _rle_mask(segmentation, height, width)
@@ -378,6 +381,8 @@ def _check_segmentation(segmentation: object) -> None:
 def _polygon_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
     """Pixels whose centre lies inside the polygon `points` [n, 2] (x, y), by the even-odd rule: along each row of
     centres, every edge crossing toggles inside/outside from the first centre at or right of the crossing on."""
+    import numpy as np
+
     x0, y0 = points[:, 0], points[:, 1]
     x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
     centres = np.arange(height) + 0.5
@@ -415,6 +420,8 @@ def _check_counts(counts: Sequence[int], size: Sequence[int]) -> None:
 
 def _rle_mask(rle: Mapping[str, Any], height: int, width: int) -> np.ndarray:
     """COCO's run-length encoding: alternating runs of 0s and 1s (0s first), down the columns one after another."""
+    import numpy as np
+
     size = rle["size"]
     if tuple(size) != (height, width):
         raise ValueError(f"the RLE is of a {size[0]}×{size[1]} image; the mask was asked at {height}×{width}")
