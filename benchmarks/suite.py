@@ -493,7 +493,7 @@ def cli_outputs(out: Path) -> Outputs:
 
 
 def cli_heatmap(
-    bench: Bench, preset: Path, photos_folder: Path, block: int, precision: str, compiled: bool = False
+    bench: Bench, preset: Path, photos_folder: Path, block: int, precision: str
 ) -> tuple[float, float | None, Path]:
     """One `fusioncam heatmap` run over a folder into a fresh `--out`: wall seconds, peak MiB, that folder."""
     out = Path(tempfile.mkdtemp(dir=photos_folder.parent))
@@ -501,15 +501,14 @@ def cli_heatmap(
         *("heatmap", str(photos_folder), TEXTS[1], "--model", str(preset), "--out", str(out), "--quiet"),
         *("--block", str(block), "--batch-size", str(bench.plan.cli_batch), "--precision", precision),
         *("--device", str(bench.device)),
-        *(["--compile"] if compiled else []),
     ]
     seconds, peak = run_command([sys.executable, "-m", "fusioncam.cli", *arguments], out / "stderr.log")
     return seconds, peak, out
 
 
 def cli_section(bench: Bench) -> None:
-    """`fusioncam heatmap` on a folder of JPEGs, per precision and with bf16 `--compile`; a one-photo run separates
-    start-up, model load and compilation from the time per pair."""
+    """`fusioncam heatmap` on a folder of JPEGs, per precision; a one-photo run separates start-up and model load
+    from the time per pair."""
     folder = bench.scratch / "cli"
     one, many = folder / "one", folder / "many"
     one.mkdir(parents=True)
@@ -522,18 +521,14 @@ def cli_section(bench: Bench) -> None:
         for target in (many, one) if index == 0 else (many,):
             cv2.imwrite(str(target / f"{index:03d}.jpg"), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
     rows = []
-    variants = [(precision, False) for precision in bench.plan.precisions]
-    variants += [("bf16", True)] if "bf16" in bench.plan.precisions else []
-    for precision, compiled in variants:
-        label = f"{precision}+compile" if compiled else precision
-        log(f"cli: fusioncam heatmap --precision {label}")
-        row = Row("cli", f"fusioncam heatmap base, {count} photos", "cli", label, bench.plan.cli_batch, count)
-        warm_up = cli_heatmap(bench, preset, one, block, precision, compiled)[2]  # page cache, bytecode, compiler
-        shutil.rmtree(warm_up)
+    for precision in bench.plan.precisions:
+        log(f"cli: fusioncam heatmap --precision {precision}")
+        row = Row("cli", f"fusioncam heatmap base, {count} photos", "cli", precision, bench.plan.cli_batch, count)
+        shutil.rmtree(cli_heatmap(bench, preset, one, block, precision)[2])  # warm-up: page cache, compiled bytecode
         one_photo, peaks = [], []
         for _ in range(bench.plan.repeats):
-            one_photo.append(cli_heatmap(bench, preset, one, block, precision, compiled)[0])
-            seconds, peak, out = cli_heatmap(bench, preset, many, block, precision, compiled)
+            one_photo.append(cli_heatmap(bench, preset, one, block, precision)[0])
+            seconds, peak, out = cli_heatmap(bench, preset, many, block, precision)
             row.seconds.append(seconds)
             peaks.append(peak)
             if not row.outputs:

@@ -92,14 +92,6 @@ def to_device(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
     return pixels.to(device)
 
 
-def padded(batch: torch.Tensor, size: int) -> torch.Tensor:
-    """`batch` with zero rows appended up to `size` rows (as it is when it has that many or more)."""
-    missing = size - batch.shape[0]
-    if missing <= 0:
-        return batch
-    return torch.cat([batch, batch.new_zeros(missing, *batch.shape[1:])])
-
-
 class BlipMatcher:
     """A loaded BLIP ITM preset: model, tokenizer and the preprocessing its weights expect.
 
@@ -130,22 +122,6 @@ class BlipMatcher:
         self.transform = transform
         self.name = name
         self.sam = sam
-        self.compiled_batch = 0  # > 0 once `compile` was called: the batch the image path is compiled for
-
-    def compile(self) -> None:
-        """Compile the image path (BLIP's ViT, and the fusion when fused) with `torch.compile`, its frozen weights
-        folded into the graph as constants, which lets the compiler pre-pack them for the CPU's matrix kernels.
-
-        Worth it for long runs only: the first batch takes tens of seconds to compile (on CPU: about 30 s for
-        ViT-B on 2 cores), after which a ViT-B forward in bf16 measured 10-15 % faster. A compiled graph serves one
-        batch size, so smaller batches (a run's last) are padded to the first one's size instead of compiling
-        again. The Grad-CAM text tower stays eager: its gradient is what the maps are made of.
-        """
-        if self.precision == "int8":
-            raise ValueError("an int8 model is not compiled: dynamically quantised linears have no compiled kernels")
-        for part in self.model.inference_only():
-            part.compile(dynamic=False, options={"freezing": True})
-        self.compiled_batch = 1
 
     @property
     def num_blocks(self) -> int:
@@ -158,18 +134,15 @@ class BlipMatcher:
     @torch.no_grad()
     def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """RGB uint8 images → image tokens [B, 1 + N, Dv] on the model's device (fused when so loaded)."""
-        count = len(images)
-        self.compiled_batch = max(self.compiled_batch, count) if self.compiled_batch else 0
-        pixels = padded(to_device(self.transform(images), self.device), self.compiled_batch)
+        pixels = to_device(self.transform(images), self.device)
         if self.sam is None:
             assert isinstance(self.model, BlipITM)
             with self.model.autocast():
-                return self.model.encode_image(pixels)[:count]
+                return self.model.encode_image(pixels)
         assert isinstance(self.model, BlipFusionITM)
         embedded = embed_for_sam(self.sam, images, max_side=None)  # SAM resizes them itself, as in training
-        sam_tokens = padded(torch.stack([image.embedding for image in embedded]).to(self.device), self.compiled_batch)
         with self.model.autocast():
-            return self.model.encode_image(pixels, sam_tokens)[:count]
+            return self.model.encode_image(pixels, torch.stack([image.embedding for image in embedded]).to(self.device))
 
     def _encode(self, texts: Sequence[str], clean: Callable[[str], str] = clean_caption) -> tuple[list[str], Encoding]:
         cleaned = [clean(text) for text in texts]

@@ -94,7 +94,6 @@ def _encoders(
     sam: dict[str, Any],
     device: str,
     precision: choices.PrecisionChoice,
-    compile_encoder: bool,
 ) -> Iterator[_Encoding]:
     """Each asked encoder loaded in turn (one at a time: a large BLIP and its fused twin need not share memory)."""
     names = list(dict.fromkeys(encoders or ["blip"]))
@@ -106,7 +105,7 @@ def _encoders(
         raise usage_error("--fusion is only used with --encoder fused")
     for name in names:
         own_fusion = fusion if name == "fused" else None
-        matcher = load_matcher(model, device, name, own_fusion, sam_model, precision, compile_encoder)
+        matcher = load_matcher(model, device, name, own_fusion, sam_model, precision)
         refiner = refiner_for(name, sam_model, device, **sam, precision=matcher.precision) if name == "esam" else None
         sam_preset = {"sam": sam_preset_name(sam_model)} if name != "blip" else {}
         run = run_info(matcher, own_fusion, itm=model, **sam_preset)
@@ -198,7 +197,6 @@ def eval_pointing(
     resume: EvalResume = False,
     device: options.Device = "auto",
     precision: options.Precision = "fp32",
-    compile_encoder: options.Compile = False,
     batch_size: options.BatchSize = 16,
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
@@ -228,7 +226,7 @@ def eval_pointing(
     sam = {"points": points, "sam_labels": sam_labels, "sam_mask": sam_mask, "sam_blend": sam_blend}
     journal = _journal(out, "pointing", resume)
     figures: dict[str, dict[str, Any]] = {}
-    for loaded in _encoders(encoder, model, fusion, sam_model, sam, device, precision, compile_encoder):
+    for loaded in _encoders(encoder, model, fusion, sam_model, sam, device, precision):
         check_block(loaded.matcher, block)
         scored = loaded.identity | {
             "block": block,
@@ -298,7 +296,6 @@ def eval_faithfulness(
     resume: EvalResume = False,
     device: options.Device = "auto",
     precision: options.Precision = "fp32",
-    compile_encoder: options.Compile = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Step images per forward pass.")] = 16,
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
@@ -320,7 +317,7 @@ def eval_faithfulness(
     sam = {"points": points, "sam_labels": sam_labels, "sam_mask": sam_mask, "sam_blend": sam_blend}
     journal = _journal(out, "faithfulness", resume)
     figures: dict[str, dict[str, Any]] = {}
-    for loaded in _encoders(encoder, model, fusion, sam_model, sam, device, precision, compile_encoder):
+    for loaded in _encoders(encoder, model, fusion, sam_model, sam, device, precision):
         check_block(loaded.matcher, block)
         scored = loaded.identity | {"block": block, "steps": steps, "fill": fill}
         with progress(f"faithfulness ({loaded.name})", len(records), quiet) as bar:
@@ -365,7 +362,6 @@ def eval_itm(
     limit: options.Limit = None,
     device: options.Device = "auto",
     precision: options.Precision = "fp32",
-    compile_encoder: options.Compile = False,
     batch_size: options.BatchSize = 16,
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
@@ -389,7 +385,7 @@ def eval_itm(
     records = [item for item in items if isinstance(item, Pair)][:limit]
     if not records:
         raise usage_error(f"{data} holds no pairs")
-    matcher = load_matcher(model, device, encoder, fusion, sam_model, precision, compile_encoder)
+    matcher = load_matcher(model, device, encoder, fusion, sam_model, precision)
     with progress("matching", len(records), quiet) as bar:
         try:
             report = itm_accuracy(matcher, records, seed, batch_size, bar.advance)
@@ -451,7 +447,6 @@ def eval_retrieval(
     ] = None,
     device: options.Device = "auto",
     precision: options.Precision = "fp32",
-    compile_encoder: options.Compile = False,
     batch_size: Annotated[
         int, typer.Option(min=1, help="Images, texts or pairs per forward pass (LAVIS re-ranks k_test at a time).")
     ] = 128,
@@ -490,7 +485,7 @@ def eval_retrieval(
     shared = {"data": str(data), "images": str(images), "num_images": len(split.images), "num_texts": len(split.texts)}
     shared |= {"k_test": k_test, "max_words": max_words, "limit": limit, "seed": seed if limit is not None else None}
     figures: dict[str, dict[str, Any]] = {}
-    for loaded in _encoders(encoder, model, fusion, sam_model, {}, device, precision, compile_encoder):
+    for loaded in _encoders(encoder, model, fusion, sam_model, {}, device, precision):
         matcher = loaded.matcher
         with progress(f"encoding ({loaded.name})", len(split.images) + len(split.texts), quiet) as bar:
             try:

@@ -53,7 +53,6 @@ def heatmap(
     colormap: options.Colormap = "jet",
     device: options.Device = "auto",
     precision: options.Precision = "fp32",
-    compile_encoder: options.Compile = False,
     batch_size: options.BatchSize = 8,
     jsonl: options.Jsonl = False,
     quiet: options.Quiet = False,
@@ -81,7 +80,7 @@ def heatmap(
     device = check_device(device)
     inputs, total = pair_inputs(image, text or [], pairs, recursive)
     check_out_dir(out)
-    matcher = load_matcher(model, device, encoder, fusion, sam_model, precision, compile_encoder)
+    matcher = load_matcher(model, device, encoder, fusion, sam_model, precision)
     check_block(matcher, block)
     refiner = refiner_for(encoder, sam_model, device, points, sam_labels, sam_mask, sam_blend, matcher.precision)
     run = run_info(matcher, fusion, itm=model, **({"sam": sam_preset_name(sam_model)} if encoder != "blip" else {}))

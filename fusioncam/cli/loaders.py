@@ -35,10 +35,8 @@ def load_matcher(
     fusion: Path | None = None,
     sam: str = "vitt",
     precision: PrecisionChoice = "fp32",
-    compile_encoder: bool = False,
 ) -> BlipMatcher:
-    """The BLIP matcher of an encoder mode (fused: with its trained fusion) and, for `esam`, EfficientSAM;
-    `compile_encoder`: its image path compiled (`BlipMatcher.compile`)."""
+    """The BLIP matcher of an encoder mode (fused: with its trained fusion) and, for `esam`, EfficientSAM."""
     from fusioncam.api import load
 
     if encoder == "fused" and fusion is None:
@@ -50,12 +48,7 @@ def load_matcher(
         raise usage_error("--fusion is only used with --encoder fused")
     check_device(device)
     resolved = check_precision(precision, device)
-    if compile_encoder and resolved == "int8":
-        raise usage_error("--compile does not go with --precision int8 (quantised linears have no compiled kernels)")
-    matcher = loading(model, load, model, device=device, fusion=fusion, sam=sam_preset_name(sam), precision=resolved)
-    if compile_encoder:
-        matcher.compile()
-    return matcher
+    return loading(model, load, model, device=device, fusion=fusion, sam=sam_preset_name(sam), precision=resolved)
 
 
 def check_block(matcher: BlipMatcher, block: int, option: str = "--block") -> None:
@@ -97,11 +90,4 @@ def run_info(matcher: BlipMatcher, fusion: Path | None, **presets: str) -> dict:
     }
     if fusion is not None:
         weights["fusion"] = {"path": str(fusion), "sha256": hashlib.sha256(fusion.read_bytes()).hexdigest()}
-    compiled = {"compiled": True} if matcher.compiled_batch else {}
-    return {
-        "fusioncam": __version__,
-        "device": str(matcher.device),
-        "precision": matcher.precision,
-        **compiled,
-        "weights": weights,
-    }
+    return {"fusioncam": __version__, "device": str(matcher.device), "precision": matcher.precision, "weights": weights}

@@ -24,14 +24,6 @@ Precision = Annotated[
         "layers, CPU only; auto: bf16 where the device has it, else fp32.",
     ),
 ]
-Compile = Annotated[
-    bool,
-    typer.Option(
-        "--compile/--no-compile",
-        help="Compile the image encoder with torch.compile: the first batch takes about half a minute longer, the "
-        "rest run 10-15% faster (CPU, bf16). For long runs; needs a C++ compiler on CPU.",
-    ),
-]
 Jsonl = Annotated[
     bool, typer.Option("--jsonl/--no-jsonl", help="One JSON record per result on stdout and nothing else there.")
 ]
