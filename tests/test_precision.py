@@ -283,3 +283,23 @@ def test_score_and_eval_in_bf16(scene_png: tuple[Path, str, str], tmp_path: Path
                  "--device", "cpu", "--precision", "bf16", "--jsonl", "--quiet").stdout
         )  # fmt: skip
         assert report["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "additive", "boolean"])
+def test_half_precision_attention_on_cpu_is_the_fused_kernels_result(mask_kind: str) -> None:
+    """`attend` in bf16 on a CPU takes plain products (faster there for decoding's short queries): the result is
+    float32 attention of the same bf16 inputs, within bf16 rounding of the output."""
+    from fusioncam.models.layers import attend
+
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 4, 2, 16, generator=generator).bfloat16()
+    k, v = (torch.randn(3, 4, 7, 16, generator=generator).bfloat16() for _ in range(2))
+    allowed = torch.rand(3, 1, 2, 7, generator=generator) > 0.3
+    allowed[..., 0] = True  # every query attends somewhere
+    mask = {"none": None, "additive": torch.where(allowed, 0.0, -1e4), "boolean": allowed}[mask_kind]
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), attn_mask=mask if mask is None or mask.dtype == torch.bool else mask.float()
+    )
+    found = attend(q, k, v, mask)
+    assert found.dtype == torch.bfloat16
+    torch.testing.assert_close(found.float(), expected, atol=2e-2, rtol=2e-2)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusioncam.models.layers import Mlp
+from fusioncam.models.layers import Mlp, attend
 from fusioncam.precision import widened
 
 # BLIP's additive mask value for padded keys. Not -inf: the original adds -10000, and so do we, so that
@@ -105,7 +105,7 @@ class MultiHeadAttention(nn.Module):
             probs = scores.softmax(dim=-1).detach().requires_grad_(True)
             out = probs @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = attend(q, k, v, mask)
         batch, _, tokens, _ = out.shape
         return self.out(out.transpose(1, 2).reshape(batch, tokens, -1)), probs
 
