@@ -24,9 +24,10 @@ Where this departs from LAVIS, and why:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from fusioncam.api import BlipMatcher, to_device
 from fusioncam.datasets.karpathy import RetrievalSplit
 from fusioncam.images import load_image
 from fusioncam.inputs import batched
+from fusioncam.score_journal import ScoreJournal, score_id
 
 OUTSIDE_SHORTLIST = -100.0  # LAVIS's score for a pair that ITM did not re-rank
 RECALL_AT = (1, 5, 10)
@@ -190,29 +192,61 @@ def rerank(
     candidates: Shortlist,
     batch_size: int = 128,
     on_batch: Progress | None = None,
+    journal: ScoreJournal | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> RetrievalScores:
     """Score every shortlisted pair by ITM logit + ITC similarity, `batch_size` pairs per forward pass, the images
-    `batch_size` at a time on the device; `on_batch(n)` after each n pairs (`candidates.pairs().sum()` in all)."""
+    `batch_size` at a time on the device; `on_batch(n)` after each n pairs (`candidates.pairs().sum()` in all).
+
+    With a `journal`, each block of images' logits is kept as it is computed, under an id of the block and
+    `options` (everything the scores depend on); a block the journal holds with as many pairs as it has now is
+    not scored again, so an interrupted re-ranking (hours on COCO) resumes where it stopped.
+    """
     pairs = candidates.pairs()
     scores = candidates.similarity.clone()
     for start in range(0, len(pairs), batch_size):
-        tokens = to_device(features.image_tokens[start : start + batch_size], matcher.device)
         rows, columns = pairs[start : start + batch_size].nonzero(as_tuple=True)
-        for first in range(0, len(rows), batch_size):
-            row, column = rows[first : first + batch_size], columns[first : first + batch_size]
-            logits = match_logits(
-                matcher,
-                tokens[row.to(matcher.device)],
-                features.itm_ids[column].to(matcher.device),
-                features.attention_mask[column].to(matcher.device),
-            )
-            scores[row + start, column] += logits.cpu()
-            if on_batch is not None:
-                on_batch(len(row))
+        ident = score_id({"images": [start, start + batch_size]}, options or {})
+        held = journal.done.get(ident) if journal is not None else None
+        if held is not None and len(held["logits"]) == len(rows):
+            logits = torch.tensor(held["logits"], dtype=torch.float32)
+        else:
+            logits = _block_logits(matcher, features, start, batch_size, rows, columns, on_batch)
+            if journal is not None:
+                journal.add(ident, {"logits": logits.tolist()})
+        if held is not None and on_batch is not None:
+            on_batch(len(rows))
+        scores[rows + start, columns] += logits
     return RetrievalScores(
         image_to_text=_inside(scores, candidates.image_to_text),
         text_to_image=_inside(scores.T, candidates.text_to_image),
     )
+
+
+def _block_logits(
+    matcher: BlipMatcher,
+    features: RetrievalFeatures,
+    start: int,
+    batch_size: int,
+    rows: torch.Tensor,
+    columns: torch.Tensor,
+    on_batch: Progress | None,
+) -> torch.Tensor:
+    """ITM match logits of the shortlisted pairs (`rows` within the block of images from `start`, `columns`)."""
+    tokens = to_device(features.image_tokens[start : start + batch_size], matcher.device)
+    found = []
+    for first in range(0, len(rows), batch_size):
+        row, column = rows[first : first + batch_size], columns[first : first + batch_size]
+        logits = match_logits(
+            matcher,
+            tokens[row.to(matcher.device)],
+            features.itm_ids[column].to(matcher.device),
+            features.attention_mask[column].to(matcher.device),
+        )
+        found.append(logits.float().cpu())
+        if on_batch is not None:
+            on_batch(len(row))
+    return torch.cat(found) if found else torch.zeros(0)
 
 
 def _inside(scores: torch.Tensor, shortlisted: torch.Tensor) -> torch.Tensor:

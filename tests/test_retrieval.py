@@ -214,3 +214,25 @@ def test_eval_retrieval_names_what_is_wrong(dataset: Path, preset: Path, tmp_pat
     assert fused.exit_code == 2 and "--fusion" in fused.stderr
     esam = run("eval", "retrieval", "--data", data, "--images", dataset, "--model", preset, "--encoder", "esam")
     assert esam.exit_code == 2 and "not scores" in esam.stderr
+
+
+def test_eval_retrieval_resumes_its_re_ranking(dataset: Path, preset: Path, tmp_path: Path) -> None:
+    """With --out, each block of images' ITM logits is journaled; --resume reads them back (a block altered in the
+    journal shows in the figures), rescoring only the blocks a killed run had not finished (the same figures)."""
+    data, out = dataset / "coco_karpathy_test.json", tmp_path / "run"
+    args = ["eval", "retrieval", "--data", data, "--images", dataset, "--model", preset, "--device", "cpu"]
+    args += ["--batch-size", 4, "--k-test", 3, "--quiet", "--jsonl", "--out", out]
+    whole = json.loads(run(*args).stdout)
+    journal = out / "retrieval-scores.jsonl"
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 2  # 6 images in blocks of 4
+    journal.write_text(lines[0] + "\n" + lines[1][:30])  # killed while writing the second block
+    resumed = json.loads(run(*args, "--resume").stdout)
+    assert {key: resumed[key] for key in LAVIS_KEYS} == {key: whole[key] for key in LAVIS_KEYS}
+    assert journal.read_text().splitlines() == lines
+
+    boosted = json.loads(lines[1])
+    boosted["score"]["logits"] = [1000.0 * (index % 2) for index in range(len(boosted["score"]["logits"]))]
+    journal.write_text(lines[0] + "\n" + json.dumps(boosted) + "\n")
+    altered = json.loads(run(*args, "--resume").stdout)
+    assert {key: altered[key] for key in LAVIS_KEYS} != {key: whole[key] for key in LAVIS_KEYS}

@@ -445,6 +445,13 @@ def eval_retrieval(
     chart: Annotated[
         Path | None, typer.Option(help="Draw the recalls of every encoder side by side as a PNG here.")
     ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Folder for the re-ranking scores as they are computed (what --resume reads back)."
+        ),
+    ] = None,
+    resume: EvalResume = False,
     device: options.Device = "auto",
     precision: options.Precision = "fp32",
     batch_size: Annotated[
@@ -485,6 +492,7 @@ def eval_retrieval(
     shared = {"data": str(data), "images": str(images), "num_images": len(split.images), "num_texts": len(split.texts)}
     shared |= {"k_test": k_test, "max_words": max_words, "limit": limit, "seed": seed if limit is not None else None}
     figures: dict[str, dict[str, Any]] = {}
+    journal = _journal(out, "retrieval", resume)
     for loaded in _encoders(encoder, model, fusion, sam_model, {}, device, precision):
         matcher = loaded.matcher
         with progress(f"encoding ({loaded.name})", len(split.images) + len(split.texts), quiet) as bar:
@@ -494,7 +502,8 @@ def eval_retrieval(
                 raise fail(error) from None
         candidates = shortlist(features, k_test)
         with progress(f"re-ranking ({loaded.name})", int(candidates.pairs().sum()), quiet) as bar:
-            scores = rerank(matcher, features, candidates, batch_size, bar.advance)
+            scored = loaded.identity | shared | {"batch_size": batch_size}
+            scores = rerank(matcher, features, candidates, batch_size, bar.advance, journal, scored)
         own_fusion = fusion if loaded.name == "fused" else None
         sam = {"sam": sam_preset_name(sam_model)} if own_fusion else {}
         figures[loaded.name] = retrieval_metrics(scores, split).to_dict() | {
@@ -505,6 +514,8 @@ def eval_retrieval(
         }
         if jsonl:
             print(json.dumps(figures[loaded.name] | shared))
+    if journal is not None:
+        journal.close()
     # One encoder: LAVIS's figures at the top level, as its logs have them; several: one such object per encoder.
     _write_report(report, (next(iter(figures.values())) if len(figures) == 1 else {"encoders": figures}) | shared)
     recalls = ["txt_r1", "txt_r5", "txt_r10", "txt_r_mean", "img_r1", "img_r5", "img_r10", "img_r_mean", "r_mean"]
