@@ -136,6 +136,18 @@ def test_eval_gqa_in_both_prediction_formats(tmp_path: Path) -> None:
         written = json.loads(report.read_text())
         assert written["overall"] == pytest.approx(200 / 3)
         assert written["per_question"] == {"1": 100.0, "2": 100.0, "3": 0.0}
+    # Both files side by side (the same answers, so the same figures), and a third run answering "red" right.
+    fixed = write(tmp_path / "fixed.json", [*official[:2], {"questionId": "3", "prediction": "red"}])
+    chart = tmp_path / "gqa.png"
+    result = run("eval", "gqa", "--questions", questions, "--predictions", f"a={tmp_path / 'official.json'}",
+                 "--predictions", f"b={fixed}", "--chart", chart)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "run\tquestions\toverall\tbinary\topen",
+        "a\t3\t66.67\t100.00\t50.00",
+        "b\t3\t100.00\t100.00\t100.00",
+    ]
+    assert chart.stat().st_size > 0
 
 
 def test_eval_gqa_needs_answers(tmp_path: Path) -> None:

@@ -635,9 +635,14 @@ def eval_gqa(
         Path, typer.Option(help="GQA question file with answers, e.g. testdev_balanced_questions.json.")
     ],
     predictions: Annotated[
-        Path, typer.Option(help='[{"questionId", "prediction"}, …] (GQA\'s format) or [{"question_id", "answer"}, …].')
+        list[str],
+        typer.Option(
+            help='[{"questionId", "prediction"}, …] (GQA\'s format) or [{"question_id", "answer"}, …]. Repeat it as '
+            "NAME=FILE to compare several runs side by side."
+        ),
     ],
     report: Report = None,
+    chart: Annotated[Path | None, typer.Option(help="Draw the runs' accuracies side by side here.")] = None,
     jsonl: options.Jsonl = False,
 ) -> None:
     """GQA accuracy of a predictions file (no model runs): exact match with the answer after cleaning the
@@ -653,25 +658,47 @@ def eval_gqa(
     from fusioncam.vqa_accuracy import score_gqa
 
     _check_report(report)
+    _check_report(chart)
+    files = _named_files(predictions, "--predictions")
     try:
-        scores = score_gqa(read_gqa_questions(questions), read_gqa_predictions(predictions))
+        asked = read_gqa_questions(questions)
+        scores = {name: score_gqa(asked, read_gqa_predictions(path)) for name, path in files.items()}
     except ValueError as error:
         raise usage_error(str(error)) from None
-    _warn_unanswered(len(scores.unanswered), len(scores.per_question), questions, predictions)
-    result = scores.to_dict()
-    _write_report(report, result)
+    for name, scored in scores.items():
+        _warn_unanswered(len(scored.unanswered), len(scored.per_question), questions, files[name])
+    results = {name: scored.to_dict() for name, scored in scores.items()}
+    _write_report(report, next(iter(results.values())) if len(results) == 1 else {"runs": results})
+    kinds = sorted({kind for scored in scores.values() for kind in scored.per_kind})
+    if chart is not None:
+        from fusioncam.explain.chart import save_comparison_chart
+
+        figures = {"overall": {name: scored.overall for name, scored in scores.items()}}
+        figures |= {kind: {name: s.per_kind.get(kind, 0.0) for name, s in scores.items()} for kind in kinds}
+        save_comparison_chart(chart, f"GQA accuracy on {questions.name} (%)", figures, maximum=100.0)
     if jsonl:
-        _print_summary(result, questions_file=str(questions), predictions=str(predictions))
+        for name, result in results.items():
+            sources = {"questions_file": str(questions), "predictions": str(files[name])}
+            _print_summary(result, **sources, **({"name": name} if len(files) > 1 else {}))
         return
-    kinds = [[name, str(scores.kind_counts[name]), f"{scores.per_kind[name]:.2f}"] for name in sorted(scores.per_kind)]
+    if len(scores) > 1:
+        rows = [
+            [name, str(len(scored.per_question)), f"{scored.overall:.2f}",
+             *(f"{scored.per_kind[kind]:.2f}" if kind in scored.per_kind else "-" for kind in kinds)]
+            for name, scored in scores.items()
+        ]  # fmt: skip
+        print_table(["run", "questions", "overall", *kinds], rows, title=str(questions))
+        return
+    ((name, scored),) = scores.items()
+    by_kind = [[kind, str(scored.kind_counts[kind]), f"{scored.per_kind[kind]:.2f}"] for kind in sorted(kinds)]
     types = [
-        [f"type {name}", str(scores.structural_type_counts[name]), f"{scores.per_structural_type[name]:.2f}"]
-        for name in sorted(scores.per_structural_type)
+        [f"type {kind}", str(scored.structural_type_counts[kind]), f"{scored.per_structural_type[kind]:.2f}"]
+        for kind in sorted(scored.per_structural_type)
     ]
     print_table(
         ["questions", "count", "accuracy"],
-        [*kinds, *types, ["overall", str(len(scores.per_question)), f"{scores.overall:.2f}"]],
-        title=str(predictions),
+        [*by_kind, *types, ["overall", str(len(scored.per_question)), f"{scored.overall:.2f}"]],
+        title=str(files[name]),
     )
 
 
