@@ -6,7 +6,7 @@ Pointing and faithfulness compare several encoders in one run and resume from th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -113,6 +113,44 @@ def _encoders(
         yield _Encoding(name, matcher, refiner, identity | ({"sam_options": sam} if name == "esam" else {}))
 
 
+def _compare(
+    encoders: Iterator[_Encoding],
+    command: str,
+    score: Callable[[_Encoding, Callable[[int], None], ScoreJournal | None], Any],
+    block: int,
+    count: int,
+    data: Path,
+    out: Path | None,
+    resume: bool,
+    jsonl: bool,
+    quiet: bool,
+) -> dict[str, dict[str, Any]]:
+    """Each encoder's figures (`score(encoder, advance, journal)` over `count` records, with a progress bar), a
+    JSONL line each as they come, the per-record scores journaled under `out`."""
+    from fusioncam.images import ImageDecodeError
+
+    journal = _journal(out, command, resume)
+    figures: dict[str, dict[str, Any]] = {}
+    try:
+        for loaded in encoders:
+            check_block(loaded.matcher, block)
+            with progress(f"{command} ({loaded.name})", count, quiet) as bar:
+                try:
+                    report = score(loaded, bar.advance, journal)
+                except (ImageDecodeError, ValueError) as error:
+                    raise fail(error) from None
+            figures[loaded.name] = report.to_dict() | {
+                "model": loaded.matcher.name,
+                "precision": loaded.matcher.precision,
+            }
+            if jsonl:
+                print(json.dumps({"encoder": loaded.name, **figures[loaded.name], "block": block, "data": str(data)}))
+    finally:
+        if journal is not None:
+            journal.close()
+    return figures
+
+
 def _grounding_records(
     data: Path, images: Path | None, instances: Path | None, split: str | None, limit: int | None, seed: int
 ) -> list[Referring]:
@@ -213,7 +251,6 @@ def eval_pointing(
       --split testA --encoder blip --encoder esam --out runs/refcoco+
     """
     from fusioncam.evaluate import GroundingSettings, evaluate_pointing, read_proposals
-    from fusioncam.images import ImageDecodeError
 
     records = _grounding_records(data, images, instances, split, limit, seed)
     if region == "mask" and (bare := sum(record.segmentation is None for record in records)):
@@ -224,28 +261,16 @@ def eval_pointing(
         raise usage_error(str(error)) from None
     settings = GroundingSettings(region, tolerance, boxes)
     sam = {"points": points, "sam_labels": sam_labels, "sam_mask": sam_mask, "sam_blend": sam_blend}
-    journal = _journal(out, "pointing", resume)
-    figures: dict[str, dict[str, Any]] = {}
-    for loaded in _encoders(encoder, model, fusion, sam_model, sam, device, precision):
-        check_block(loaded.matcher, block)
-        scored = loaded.identity | {
-            "block": block,
-            "region": region,
-            "tolerance": tolerance,
-            "proposals": str(proposals),
-        }
-        with progress(f"pointing ({loaded.name})", len(records), quiet) as bar:
-            try:
-                report = evaluate_pointing(
-                    loaded.matcher, records, block, batch_size, loaded.refiner, settings, bar.advance, journal, scored
-                )
-            except (ImageDecodeError, ValueError) as error:
-                raise fail(error) from None
-        figures[loaded.name] = report.to_dict() | {"model": loaded.matcher.name, "precision": loaded.matcher.precision}
-        if jsonl:
-            print(json.dumps({"encoder": loaded.name, **figures[loaded.name], "block": block, "data": str(data)}))
-    if journal is not None:
-        journal.close()
+    scored = {"block": block, "region": region, "tolerance": tolerance, "proposals": str(proposals)}
+
+    def score(loaded: _Encoding, advance: Callable[[int], None], journal: ScoreJournal | None) -> Any:
+        return evaluate_pointing(
+            loaded.matcher, records, block, batch_size, loaded.refiner, settings, advance, journal,
+            loaded.identity | scored,
+        )  # fmt: skip
+
+    encoders = _encoders(encoder, model, fusion, sam_model, sam, device, precision)
+    figures = _compare(encoders, "pointing", score, block, len(records), data, out, resume, jsonl, quiet)
     settings_out = {"data": str(data), "split": split, "block": block, "region": region, "tolerance": tolerance}
     settings_out |= {"proposals": str(proposals) if proposals else None, "limit": limit, "seed": seed}
     chart = _ChartSpec(
@@ -310,28 +335,19 @@ def eval_faithfulness(
     """
     from fusioncam.evaluate import evaluate_faithfulness
     from fusioncam.faithfulness import CausalSettings
-    from fusioncam.images import ImageDecodeError
 
     records = _grounding_records(data, images, instances, split, limit, seed)
     causal = CausalSettings(steps=steps, fill=fill, batch_size=batch_size)
     sam = {"points": points, "sam_labels": sam_labels, "sam_mask": sam_mask, "sam_blend": sam_blend}
-    journal = _journal(out, "faithfulness", resume)
-    figures: dict[str, dict[str, Any]] = {}
-    for loaded in _encoders(encoder, model, fusion, sam_model, sam, device, precision):
-        check_block(loaded.matcher, block)
-        scored = loaded.identity | {"block": block, "steps": steps, "fill": fill}
-        with progress(f"faithfulness ({loaded.name})", len(records), quiet) as bar:
-            try:
-                report = evaluate_faithfulness(
-                    loaded.matcher, records, block, loaded.refiner, causal, bar.advance, journal, scored
-                )
-            except (ImageDecodeError, ValueError) as error:
-                raise fail(error) from None
-        figures[loaded.name] = report.to_dict() | {"model": loaded.matcher.name, "precision": loaded.matcher.precision}
-        if jsonl:
-            print(json.dumps({"encoder": loaded.name, **figures[loaded.name], "block": block, "data": str(data)}))
-    if journal is not None:
-        journal.close()
+    scored = {"block": block, "steps": steps, "fill": fill}
+
+    def score(loaded: _Encoding, advance: Callable[[int], None], journal: ScoreJournal | None) -> Any:
+        return evaluate_faithfulness(
+            loaded.matcher, records, block, loaded.refiner, causal, advance, journal, loaded.identity | scored
+        )
+
+    encoders = _encoders(encoder, model, fusion, sam_model, sam, device, precision)
+    figures = _compare(encoders, "faithfulness", score, block, len(records), data, out, resume, jsonl, quiet)
     settings_out = {"data": str(data), "split": split, "block": block, "steps": steps, "fill": fill}
     settings_out |= {"limit": limit, "seed": seed}
     chart = _ChartSpec(f"Deletion / insertion on {data.name}", ("deletion_auc", "insertion_auc"), {})
