@@ -247,8 +247,7 @@ def eval_pointing(
 
       fusioncam synth --out scenes --n 500 && fusioncam eval pointing --data scenes/referring.jsonl
 
-      fusioncam eval pointing --data refcoco+/refs(unc).p --instances refcoco+/instances.json --images coco
-      --split testA --encoder blip --encoder esam --out runs/refcoco+
+      fusioncam eval pointing --data refcoco+.parquet --images coco --split testA --encoder blip --encoder esam
     """
     from fusioncam.evaluate import GroundingSettings, evaluate_pointing, read_proposals
 
@@ -331,7 +330,6 @@ def eval_faithfulness(
     forward passes.
 
     Example: fusioncam eval faithfulness --data scenes/referring.jsonl --limit 200 --encoder blip --encoder esam
-    --out runs/faithfulness
     """
     from fusioncam.evaluate import evaluate_faithfulness
     from fusioncam.faithfulness import CausalSettings
@@ -585,8 +583,7 @@ def eval_vqa(
 
       fusioncam eval vqa --annotations v2_mscoco_val2014_annotations.json --predictions results.json
 
-      fusioncam eval vqa --annotations A.json --predictions blip=blip/vqa-results.json
-      --predictions fused=fused/vqa-results.json --chart vqa.png
+      fusioncam eval vqa --annotations A.json --predictions blip=blip.json --predictions fused=fused.json
     """
     from fusioncam.datasets import read_vqa_annotations, read_vqa_predictions, read_vqa_questions
     from fusioncam.vqa_accuracy import score_vqa
