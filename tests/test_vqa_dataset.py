@@ -76,3 +76,36 @@ def test_answers_a_questions_file_into_the_official_results_format(tmp_path: Pat
     _run("vqa", "--questions", questions, "--images", images, *common, "--limit", 2, "--out", again)
     picked = [json.loads((folder / "vqa-results.json").read_text()) for folder in (first, again)]
     assert len(picked[0]) == 2 and picked[0] == picked[1]
+
+
+def test_answers_a_gqa_question_file_into_gqas_predictions_format(tmp_path: Path) -> None:
+    presets = write_tiny_presets(tmp_path / "presets")
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for image_id in ("n100", "n200"):
+        pixels = cv2.resize(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), (96, 64), interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(images / f"{image_id}.jpg"), pixels)
+    asked = {"201": ("n100", "is it red?"), "202": ("n200", "what is it?")}
+    questions = tmp_path / "testdev_balanced_questions.json"
+    questions.write_text(
+        json.dumps({q: {"imageId": i, "question": text, "answer": "?"} for q, (i, text) in asked.items()})
+    )
+    models = ["--model", presets["itm"], "--caption-model", presets["caption"], "--qa-model", presets["qa"]]
+    out = tmp_path / "out"
+    _run("vqa", "--questions", questions, "--images", images, *models, "--block", 1, "--num-captions", 2,
+         "--device", "cpu", "--quiet", "--no-explain", "--out", out)  # fmt: skip
+
+    predictions = json.loads((out / "vqa-results.json").read_text())
+    assert [set(entry) for entry in predictions] == [{"questionId", "prediction"}] * 2
+    assert [entry["questionId"] for entry in predictions] == ["201", "202"]
+    # The file's answers made from what the model said: right on 201, wrong on 202.
+    said = {entry["questionId"]: entry["prediction"] for entry in predictions}
+    truth = {"201": said["201"], "202": "zebra crossing"}
+    questions.write_text(json.dumps({
+        q: {"imageId": i, "question": text, "answer": truth[q]} for q, (i, text) in asked.items()
+    }))  # fmt: skip
+    scored = json.loads(
+        _run("eval", "gqa", "--questions", questions, "--predictions", out / "vqa-results.json", "--jsonl")
+    )
+    assert scored["overall"] == 50.0

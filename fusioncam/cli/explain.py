@@ -167,11 +167,13 @@ def vqa(
         Path | None,
         typer.Option(
             help="A VQAv2 or OK-VQA questions file (v2_OpenEnded_mscoco_val2014_questions.json, "
-            "OpenEnded_mscoco_val2014_questions.json): answer every question, images from --images.",
+            "OpenEnded_mscoco_val2014_questions.json) or a GQA question file (testdev_balanced_questions.json): "
+            "answer every question, images from --images.",
         ),
     ] = None,
     images: Annotated[
-        Path | None, typer.Option(help="With --questions: the folder of the split's COCO images (e.g. val2014/).")
+        Path | None,
+        typer.Option(help="With --questions: the folder of the split's images (COCO: e.g. val2014/; GQA: images/)."),
     ] = None,
     limit: Annotated[
         int | None, typer.Option(min=1, help="With --questions: only N questions, drawn with --seed, in file order.")
@@ -180,8 +182,9 @@ def vqa(
         Path | None,
         typer.Option(
             "--results",
-            help='With --questions: the answers as the official results file [{"question_id", "answer"}, …] '
-            "(default: vqa-results.json under --out), ready for `fusioncam eval vqa --predictions`.",
+            help='With --questions: the answers as the benchmark\'s results file, [{"question_id", "answer"}, …] '
+            '(VQA) or [{"questionId", "prediction"}, …] (GQA); default: vqa-results.json under --out, ready for '
+            "`fusioncam eval vqa|gqa --predictions`.",
         ),
     ] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="BLIP ITM preset whose heatmap picks patches.")] = (
@@ -296,33 +299,45 @@ def vqa(
 def dataset_questions(
     questions: Path, images: Path | None, limit: int | None, seed: int
 ) -> tuple[Iterator[Pair | Failure], int | None]:
-    """The questions of a VQAv2/OK-VQA questions file as pairs (each record carries its `question_id`), `limit`
+    """The questions of a VQAv2/OK-VQA questions file or of a GQA question file as pairs, each record carrying
+    its question id under the key its benchmark's results file uses (`question_id`, GQA's `questionId`), `limit`
     of them drawn with `seed`; every image checked before a model loads."""
-    from fusioncam.datasets import DatasetError, read_vqa_questions
+    from fusioncam.datasets import DatasetError, read_gqa_questions, read_vqa_questions
     from fusioncam.inputs import Pair, seeded_sample
 
     if images is None:
-        raise usage_error("--questions needs --images, the folder of the split's COCO images (e.g. coco/val2014)")
+        raise usage_error("--questions needs --images, the folder of the split's images (e.g. coco/val2014)")
     try:
-        asked = seeded_sample(read_vqa_questions(questions), limit, seed)
-    except DatasetError as error:
-        raise usage_error(str(error)) from None
+        asked: list = read_vqa_questions(questions)
+        key = "question_id"
+    except DatasetError as vqa_error:
+        try:  # not VQA's layout: GQA's, or a damaged file, which VQA's complaint then names
+            asked, key = read_gqa_questions(questions), "questionId"
+        except DatasetError:
+            raise usage_error(f"{vqa_error} (nor is it a GQA question file)") from None
+    asked = seeded_sample(asked, limit, seed)
     paths = {question.image_id: question.image_path(images) for question in asked}
     if missing := [path for path in paths.values() if not path.is_file()]:
         raise usage_error(f"{len(missing)} of the {len(paths)} images of {questions} are not there, e.g. {missing[0]}")
     listed = [
         Pair(paths[q.image_id], q.question, f"{questions.name}:{q.question_id}", Path(str(q.question_id)),
-             {"question_id": q.question_id})
+             {key: q.question_id})
         for q in asked
     ]  # fmt: skip
     return iter(listed), len(listed)
 
 
 def write_results(path: Path, records: list[dict]) -> None:
-    """The official VQA results file of a run's answers (resumed ones included), in input order."""
+    """The run's answers (resumed ones included), in input order, as the benchmark's results file: VQA's
+    `[{"question_id", "answer"}]` or GQA's `[{"questionId", "prediction"}]`."""
     from fusioncam.files import write_json
 
-    answers = [{"question_id": record["input"]["question_id"], "answer": record["answer"]} for record in records]
+    answers = [
+        {"question_id": record["input"]["question_id"], "answer": record["answer"]}
+        if "question_id" in record["input"]
+        else {"questionId": record["input"]["questionId"], "prediction": record["answer"]}
+        for record in records
+    ]
     try:
         write_json(path, answers)
     except OSError as error:
