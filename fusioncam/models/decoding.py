@@ -83,7 +83,9 @@ def decode(
     def next_token(sequences: torch.Tensor) -> torch.Tensor:
         scores = adjust_scores(next_logits(sequences), sequences, config, eos_id)
         if config.strategy == "sample":
-            return sample_tokens(scores / config.temperature, config.top_k, config.top_p, generator)
+            # Dividing by a temperature of 1 changes no score and costs a pass over [B, vocab] every step.
+            scaled = scores if config.temperature == 1.0 else scores / config.temperature
+            return sample_tokens(scaled, config.top_k, config.top_p, generator)
         return scores.argmax(-1)
 
     return token_by_token(next_token, start_ids, config.max_length, eos_id, pad_id)
