@@ -179,7 +179,8 @@ class FusionInDecoderQA(Model):
             "cache": cache,
             "use_cache": cache is not None,
         }
-        return torch.func.functional_call(self.model, weights or {}, (), inputs).logits
+        # Untied: the LM head's cast of the shared matrix must not reach the embedding, which reads float32.
+        return torch.func.functional_call(self.model, weights or {}, (), inputs, tie_weights=False).logits
 
     def answer_log_prob(self, encoding: FiDEncoding, answer_ids: torch.Tensor) -> torch.Tensor:
         """Log-probability [B] of each sample's answer given its passages.
@@ -327,13 +328,22 @@ class FusionInDecoderQA(Model):
             scores[:, self.eos_token_id] = -float("inf")
         return scores
 
+    def _decoding_weights(self) -> dict[str, torch.Tensor]:
+        """`autocast_weights`, plus the LM head's matrix cast once: UnifiedQA ties it to the embedding, which
+        `autocast_weights` leaves alone, so autocast would otherwise cast 32128 × 768 values at every step (a fifth
+        of a greedy answer step on CPU)."""
+        weights = autocast_weights(self.model)
+        if weights and self.model.config.tie_word_embeddings:
+            weights["lm_head.weight"] = self.model.lm_head.weight.to(next(iter(weights.values())).dtype)
+        return weights
+
     def _start_ids(self, encoding: FiDEncoding) -> torch.Tensor:
         batch = encoding.last_hidden_state.shape[0]
         device = encoding.last_hidden_state.device
         return torch.full((batch, 1), self.decoder_start_token_id, dtype=torch.long, device=device)
 
     def _greedy(self, encoding: FiDEncoding, max_new_tokens: int, min_new_tokens: int) -> torch.Tensor:
-        cache, weights = self._new_cache(), autocast_weights(self.model)
+        cache, weights = self._new_cache(), self._decoding_weights()
 
         def next_token(ids: torch.Tensor) -> torch.Tensor:
             return self._next_scores(encoding, ids, cache, weights, min_new_tokens, log_probs=False).argmax(-1)
@@ -349,7 +359,7 @@ class FusionInDecoderQA(Model):
             encoding.attention_mask.repeat_interleave(num_beams, dim=0),
             encoding.num_passages,
         )
-        cache, weights = self._new_cache(), autocast_weights(self.model)
+        cache, weights = self._new_cache(), self._decoding_weights()
 
         def next_log_probs(ids: torch.Tensor) -> torch.Tensor:
             return self._next_scores(beams, ids, cache, weights, min_new_tokens, log_probs=True)
