@@ -268,3 +268,22 @@ def test_half_precision_on_cpu_uses_plain_attention_and_casts_the_weights_once(q
     assert autocast_weights(model.model) == {}
     model.set_precision("fp32")
     assert model.model.config._attn_implementation == "sdpa"
+
+
+def test_bf16_decoding_casts_the_tied_head_for_the_head_only() -> None:
+    """In bf16 the decoding weights hold the LM head's cast (UnifiedQA ties it to the embedding): the logits are
+    autocast's own, and the embedding keeps reading its float32 matrix."""
+    from fusioncam.precision import autocast_weights
+
+    torch.manual_seed(2)
+    model = FusionInDecoderQA.from_preset("base", **TINY).eval().requires_grad_(False)
+    model.set_precision("bf16")
+    ids, mask = _passages(2, 3, 8)
+    start = torch.zeros(2, 1, dtype=torch.long)
+    with torch.inference_mode(), model.autocast():
+        encoding = model.encode(ids, mask)
+        weights = model._decoding_weights()
+        assert weights["lm_head.weight"].dtype == torch.bfloat16
+        expected = model.logits(encoding, start, None, autocast_weights(model.model))
+        assert torch.equal(model.logits(encoding, start, None, weights), expected)
+    assert model.model.shared.weight.dtype == torch.float32 and model.model.lm_head.weight is model.model.shared.weight
