@@ -6,8 +6,9 @@ Pointing and faithfulness compare several encoders in one run and resume from th
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -95,7 +96,8 @@ def _encoders(
     device: str,
     precision: choices.PrecisionChoice,
 ) -> Iterator[_Encoding]:
-    """Each asked encoder loaded in turn (one at a time: a large BLIP and its fused twin need not share memory)."""
+    """Each asked encoder loaded in turn (a fused model once it is its turn, so that a large BLIP and its fused
+    twin need not share memory); blip and esam share one plain BLIP, esam adding its EfficientSAM refiner."""
     names = list(dict.fromkeys(encoders or ["blip"]))
     if unknown := [name for name in names if name not in choices.ENCODERS]:
         raise usage_error(f"--encoder {unknown[0]!r}: choose from {', '.join(choices.ENCODERS)}")
@@ -103,9 +105,13 @@ def _encoders(
         raise usage_error("--encoder fused needs --fusion PATH (weights from `fusioncam train --what fusion`)")
     if fusion is not None and "fused" not in names:
         raise usage_error("--fusion is only used with --encoder fused")
+    plain: BlipMatcher | None = None
     for name in names:
         own_fusion = fusion if name == "fused" else None
-        matcher = load_matcher(model, device, name, own_fusion, sam_model, precision)
+        if name == "fused":
+            matcher = load_matcher(model, device, name, own_fusion, sam_model, precision)
+        else:
+            plain = matcher = plain or load_matcher(model, device, "blip", None, sam_model, precision)
         refiner = refiner_for(name, sam_model, device, **sam, precision=matcher.precision) if name == "esam" else None
         sam_preset = {"sam": sam_preset_name(sam_model)} if name != "blip" else {}
         run = run_info(matcher, own_fusion, itm=model, **sam_preset)
@@ -597,36 +603,60 @@ def eval_vqa(
         scores = {name: score_vqa(truth, read_vqa_predictions(path), script) for name, path in files.items()}
     except ValueError as error:
         raise usage_error(str(error)) from None
+    sources = {"script": script, "annotations": str(annotations)}
+    title = f"VQA accuracy on {annotations.name} (%)"
+    if _named_runs(
+        scores, lambda scored: scored.per_answer_type, files, annotations, report, chart, title, jsonl, sources
+    ):
+        return
+    ((name, scored),) = scores.items()
+    counts = scored.answer_type_counts
+    rows = [[kind, str(counts[kind]), f"{scored.per_answer_type[kind]:.2f}"] for kind in sorted(counts)]
+    overall = ["overall", str(len(scored.per_question)), f"{scored.overall:.2f}"]
+    print_table(["answer type", "questions", "accuracy"], [*rows, overall], title=str(files[name]))
+
+
+def _named_runs(
+    scores: Mapping[str, Any],
+    breakdown: Callable[[Any], Mapping[str, float]],
+    files: Mapping[str, Path],
+    truth: Path,
+    report: Path | None,
+    chart: Path | None,
+    title: str,
+    jsonl: bool,
+    sources: Mapping[str, str],
+) -> bool:
+    """What `eval vqa` and `eval gqa` write of their scored runs (`files` by name, scored against `truth`): the
+    unanswered questions warned about, the report (one run's figures at the top level, as before; several: one
+    such object per named run), the chart, and the JSONL lines or, for several runs, a row per run. True when
+    that is all the output; False when a single run's own table is still to be printed."""
     for name, scored in scores.items():
-        _warn_unanswered(len(scored.unanswered), len(scored.per_question), annotations, files[name])
+        _warn_unanswered(len(scored.unanswered), len(scored.per_question), truth, files[name])
     results = {name: scored.to_dict() for name, scored in scores.items()}
-    # One file: its figures at the top level, as before; several: one such object per named run.
     _write_report(report, next(iter(results.values())) if len(results) == 1 else {"runs": results})
-    types = sorted({kind for scored in scores.values() for kind in scored.answer_type_counts})
+    kinds = sorted({kind for scored in scores.values() for kind in breakdown(scored)})
     if chart is not None:
-        figures = {"overall": {name: scored.overall for name, scored in scores.items()}}
-        figures |= {kind: {name: s.per_answer_type.get(kind, 0.0) for name, s in scores.items()} for kind in types}
         from fusioncam.explain.chart import save_comparison_chart
 
-        save_comparison_chart(chart, f"VQA accuracy on {annotations.name} (%)", figures, maximum=100.0)
+        figures = {"overall": {name: scored.overall for name, scored in scores.items()}}
+        figures |= {kind: {name: breakdown(s).get(kind, 0.0) for name, s in scores.items()} for kind in kinds}
+        save_comparison_chart(chart, title, figures, maximum=100.0)
     if jsonl:
         for name, result in results.items():
-            sources = {"script": script, "annotations": str(annotations), "predictions": str(files[name])}
-            _print_summary(result, **sources, **({"name": name} if len(files) > 1 else {}))
-        return
+            _print_summary(
+                result, **sources, predictions=str(files[name]), **({"name": name} if len(files) > 1 else {})
+            )
+        return True
     if len(scores) == 1:
-        ((name, scored),) = scores.items()
-        counts = scored.answer_type_counts
-        rows = [[kind, str(counts[kind]), f"{scored.per_answer_type[kind]:.2f}"] for kind in sorted(counts)]
-        overall = ["overall", str(len(scored.per_question)), f"{scored.overall:.2f}"]
-        print_table(["answer type", "questions", "accuracy"], [*rows, overall], title=str(files[name]))
-        return
+        return False
     rows = [
         [name, str(len(scored.per_question)), f"{scored.overall:.2f}",
-         *(f"{scored.per_answer_type[kind]:.2f}" if kind in scored.per_answer_type else "-" for kind in types)]
+         *(f"{breakdown(scored)[kind]:.2f}" if kind in breakdown(scored) else "-" for kind in kinds)]
         for name, scored in scores.items()
     ]  # fmt: skip
-    print_table(["run", "questions", "overall", *types], rows, title=str(annotations))
+    print_table(["run", "questions", "overall", *kinds], rows, title=str(truth))
+    return True
 
 
 def _named_files(values: list[str], option: str) -> dict[str, Path]:
@@ -678,32 +708,14 @@ def eval_gqa(
         scores = {name: score_gqa(asked, read_gqa_predictions(path)) for name, path in files.items()}
     except ValueError as error:
         raise usage_error(str(error)) from None
-    for name, scored in scores.items():
-        _warn_unanswered(len(scored.unanswered), len(scored.per_question), questions, files[name])
-    results = {name: scored.to_dict() for name, scored in scores.items()}
-    _write_report(report, next(iter(results.values())) if len(results) == 1 else {"runs": results})
-    kinds = sorted({kind for scored in scores.values() for kind in scored.per_kind})
-    if chart is not None:
-        from fusioncam.explain.chart import save_comparison_chart
-
-        figures = {"overall": {name: scored.overall for name, scored in scores.items()}}
-        figures |= {kind: {name: s.per_kind.get(kind, 0.0) for name, s in scores.items()} for kind in kinds}
-        save_comparison_chart(chart, f"GQA accuracy on {questions.name} (%)", figures, maximum=100.0)
-    if jsonl:
-        for name, result in results.items():
-            sources = {"questions_file": str(questions), "predictions": str(files[name])}
-            _print_summary(result, **sources, **({"name": name} if len(files) > 1 else {}))
-        return
-    if len(scores) > 1:
-        rows = [
-            [name, str(len(scored.per_question)), f"{scored.overall:.2f}",
-             *(f"{scored.per_kind[kind]:.2f}" if kind in scored.per_kind else "-" for kind in kinds)]
-            for name, scored in scores.items()
-        ]  # fmt: skip
-        print_table(["run", "questions", "overall", *kinds], rows, title=str(questions))
+    sources = {"questions_file": str(questions)}
+    title = f"GQA accuracy on {questions.name} (%)"
+    if _named_runs(scores, attrgetter("per_kind"), files, questions, report, chart, title, jsonl, sources):
         return
     ((name, scored),) = scores.items()
-    by_kind = [[kind, str(scored.kind_counts[kind]), f"{scored.per_kind[kind]:.2f}"] for kind in sorted(kinds)]
+    by_kind = [
+        [kind, str(scored.kind_counts[kind]), f"{scored.per_kind[kind]:.2f}"] for kind in sorted(scored.per_kind)
+    ]
     types = [
         [f"type {kind}", str(scored.structural_type_counts[kind]), f"{scored.per_structural_type[kind]:.2f}"]
         for kind in sorted(scored.per_structural_type)
